@@ -1,0 +1,596 @@
+"""Declared features: definitions are data, one engine computes them for rules and models alike.
+
+Each feature kind owns a bounded state per entity and a ``step`` that, for one event, writes the
+feature's outputs into the evaluation environment and (when the event matches the feature's
+``when`` filter) folds the event into the state. Reads see the state *before* the event, except
+velocity windows, which count the event itself ("the 12th payment in 5 minutes").
+
+Kinds and outputs (``features.<name>.<output>`` in expressions):
+
+=============  ================================================================================
+velocity       ``count_<w>``, ``sum_<w>``, ``distinct_<w>`` for each window ``w`` (e.g. ``5m``)
+baseline       ``count``, ``mean``, ``std``, ``zscore``, ``ratio`` of a numeric value
+hour_profile   ``total``, ``hour_count`` (events in this hour ±1 h), ``hour_share``
+novelty        ``is_new``, ``known``, ``seen``, ``age_s``, ``entity_age_s``
+geo_velocity   ``distance_km``, ``speed_kmh``, ``since_s``, ``country_changed``, ``prev_country``
+continuity     ``events`` and ``<attribute>_changed`` per attribute (``ip_changed`` ...)
+last_seen      ``since_s``
+=============  ================================================================================
+
+Error bounds of the approximations (checked by property tests against exact references):
+
+- velocity count/sum over window ``W`` with ``B`` buckets of width ``w = W/B`` cover every event
+  in ``(t - W, t]`` and possibly events in ``(t - W - w, t - W]``: exact(W) <= value <=
+  exact(W + w). Events arriving later than ``W`` behind the entity's newest event are dropped.
+- distinct over ``W`` keeps the ``capacity`` most recently seen values: value = min(exact, cap).
+- novelty keeps the ``capacity`` most recently seen values; a value evicted since is new again.
+- baseline is Welford's running mean/variance with the count capped at ``max_count``, after
+  which it forgets exponentially (weight ``1/max_count`` per event).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from riskguard.engine.durations import parse_duration
+from riskguard.engine.events import EVENT_TYPES, FIELD_TYPES
+from riskguard.engine.expr import ExprError, FunctionRegistry, compile_expression
+
+Env = dict[str, Any]
+EARTH_RADIUS_KM: Final = 6371.0088
+WINDOW_BUCKETS: Final = 12
+
+
+class FeatureConfigError(ValueError):
+    """A feature definition that cannot be used; the message names the feature and the field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Definitions (validated config)
+
+
+class FeatureSpec(BaseModel):
+    """One feature as written in a pack."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    kind: Literal[
+        "velocity",
+        "baseline",
+        "hour_profile",
+        "novelty",
+        "geo_velocity",
+        "continuity",
+        "last_seen",
+    ]
+    events: tuple[str, ...] = Field(min_length=1)
+    entity: tuple[str, ...] = Field(min_length=1, max_length=4)
+    when: str | None = None
+    description: str = ""
+    # velocity
+    windows: tuple[str, ...] = ()
+    sum: str | None = None
+    distinct: str | None = None
+    # baseline / novelty
+    value: str | tuple[str, ...] | None = None
+    transform: Literal["none", "log"] = "none"
+    min_count: int = Field(default=5, ge=1)
+    max_count: int = Field(default=500, ge=2)
+    capacity: int = Field(default=32, ge=1, le=1024)
+    # continuity
+    attributes: tuple[str, ...] = ()
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for e in v:
+            if e not in EVENT_TYPES:
+                raise ValueError(f"unknown event type {e!r}; expected one of {EVENT_TYPES}")
+        return v
+
+
+def _check_path(spec: FeatureSpec, what: str, path: str, want: set[str] | None = None) -> None:
+    kind = union_schema(spec.events).get(path)
+    if kind is None:
+        raise FeatureConfigError(
+            f"feature {spec.name!r}: {what} {path!r} is not a field of "
+            + " or ".join(spec.events)
+            + " events"
+        )
+    if want is not None and kind not in want:
+        raise FeatureConfigError(
+            f"feature {spec.name!r}: {what} {path!r} is a {kind}; expected "
+            + " or ".join(sorted(want))
+        )
+
+
+def union_schema(event_types: Sequence[str]) -> dict[str, str]:
+    """Fields of any of ``event_types`` (absent from an event, a field reads as null).
+
+    A path whose type differs between the event types is left out.
+    """
+    schema: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for event_type in event_types:
+        for path, kind in FIELD_TYPES[event_type].items():
+            if schema.setdefault(path, kind) != kind:
+                conflicts.add(path)
+    for path in conflicts:
+        del schema[path]
+    return schema
+
+
+# --------------------------------------------------------------------------------------------
+# Kinds: each owns its state shape, its outputs and its step.
+
+
+class FeatureKind:
+    """Behaviour shared by every kind: the outputs it declares and how one event steps it."""
+
+    outputs: dict[str, str]  # output name -> expression type ("number" | "string" | "bool")
+
+    def new_state(self) -> Any:
+        raise NotImplementedError
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        """Write this feature's outputs for the event into ``env``; fold it in if ``update``."""
+        raise NotImplementedError
+
+
+class Velocity(FeatureKind):
+    """Count, sum and distinct-count over sliding windows, bucketed for bounded state.
+
+    State: one ``array('d')`` holding, per window, ``[last_bucket, total_count, total_sum,
+    count_0..count_B, sum_0..sum_B]`` (B+1 slots so the window is always fully covered), plus a
+    dict value -> last seen time for distinct counts.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        if not spec.windows:
+            raise FeatureConfigError(f"feature {spec.name!r}: velocity needs windows")
+        self.window_names = tuple(w.strip() for w in spec.windows)
+        try:
+            self.windows = tuple(parse_duration(w) for w in self.window_names)
+        except ValueError as exc:
+            raise FeatureConfigError(f"feature {spec.name!r}: {exc}") from None
+        self.slots = WINDOW_BUCKETS + 1
+        self.widths = tuple(w / WINDOW_BUCKETS for w in self.windows)
+        self.stride = 3 + 2 * self.slots
+        self.sum_path = spec.sum
+        self.distinct_path = spec.distinct
+        self.capacity = spec.capacity
+        if spec.sum is not None:
+            _check_path(spec, "sum", spec.sum, {"number"})
+        if spec.distinct is not None:
+            _check_path(spec, "distinct", spec.distinct)
+        self.outputs = {}
+        self._count_keys = tuple(f"count_{w}" for w in self.window_names)
+        self._sum_keys = tuple(f"sum_{w}" for w in self.window_names)
+        self._distinct_keys = tuple(f"distinct_{w}" for w in self.window_names)
+        for i in range(len(self.windows)):
+            self.outputs[self._count_keys[i]] = "number"
+            if spec.sum is not None:
+                self.outputs[self._sum_keys[i]] = "number"
+            if spec.distinct is not None:
+                self.outputs[self._distinct_keys[i]] = "number"
+
+    def new_state(self) -> list[Any]:
+        buckets = array("d", bytes(8 * self.stride * len(self.windows)))
+        for i in range(len(self.windows)):
+            buckets[i * self.stride] = -1.0
+        return [buckets, {} if self.distinct_path is not None else None]
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        buckets: array[float] = state[0]
+        amount = 0.0
+        if self.sum_path is not None:
+            raw = fields.get(self.sum_path)
+            amount = float(raw) if raw is not None else 0.0
+        slots = self.slots
+        stride = self.stride
+        for i, width in enumerate(self.widths):
+            base = i * stride
+            idx = float(ts // width)
+            last = buckets[base]
+            if idx > last:
+                # Expire the slots that the window slid past since the last event.
+                gap = int(idx - last) if last >= 0 else slots
+                if gap >= slots:
+                    for s in range(base + 1, base + stride):
+                        buckets[s] = 0.0
+                else:
+                    for k in range(int(last) + 1, int(idx) + 1):
+                        slot = k % slots
+                        c = base + 3 + slot
+                        buckets[base + 1] -= buckets[c]
+                        buckets[base + 2] -= buckets[c + slots]
+                        buckets[c] = 0.0
+                        buckets[c + slots] = 0.0
+                buckets[base] = idx
+                last = idx
+            if update and idx > last - slots:
+                c = base + 3 + int(idx) % slots
+                buckets[c] += 1.0
+                buckets[base + 1] += 1.0
+                if amount:
+                    buckets[c + slots] += amount
+                    buckets[base + 2] += amount
+            env[prefix + self._count_keys[i]] = int(buckets[base + 1])
+            if self.sum_path is not None:
+                total = buckets[base + 2]
+                env[prefix + self._sum_keys[i]] = round(total, 6) if total > 1e-9 else 0.0
+        if self.distinct_path is not None:
+            self._step_distinct(state[1], ts, update, fields, env, prefix)
+
+    def _step_distinct(
+        self, seen: dict[Any, float], ts: float, update: bool, fields: Env, env: Env, prefix: str
+    ) -> None:
+        assert self.distinct_path is not None
+        value = fields.get(self.distinct_path)
+        if update and value is not None:
+            seen.pop(value, None)  # re-insert at the end: dict order is recency order
+            seen[value] = max(ts, seen.get(value, ts))
+            if len(seen) > self.capacity:
+                del seen[next(iter(seen))]
+        counts = [0] * len(self.windows)
+        horizons = [ts - w for w in self.windows]
+        for last_seen in seen.values():
+            for i, horizon in enumerate(horizons):
+                if last_seen > horizon:
+                    counts[i] += 1
+        for i, key in enumerate(self._distinct_keys):
+            env[prefix + key] = counts[i]
+
+
+class Baseline(FeatureKind):
+    """Running mean and variance of a numeric value (Welford, count capped so it keeps adapting).
+
+    ``zscore`` and ``ratio`` compare the event's value with the state *before* it; they are null
+    until ``min_count`` values were seen. ``ratio`` is value / mean in original units (for the
+    ``log`` transform, which works on log(1 + value): the ratio of 1 + value to its geometric
+    mean).
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        if not isinstance(spec.value, str):
+            raise FeatureConfigError(f"feature {spec.name!r}: baseline needs one numeric value")
+        _check_path(spec, "value", spec.value, {"number"})
+        self.path = spec.value
+        self.log = spec.transform == "log"
+        self.min_count = spec.min_count
+        self.max_count = float(spec.max_count)
+        self.outputs = {
+            "count": "number",
+            "mean": "number",
+            "std": "number",
+            "zscore": "number",
+            "ratio": "number",
+        }
+
+    def new_state(self) -> list[float]:
+        return [0.0, 0.0, 0.0]  # n, mean, variance
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        n, mean, var = state
+        env[prefix + "count"] = int(n)
+        if n > 0:
+            env[prefix + "mean"] = math.expm1(mean) if self.log else mean
+            env[prefix + "std"] = math.sqrt(var)
+        raw = fields.get(self.path)
+        if raw is None:
+            return
+        x = math.log1p(raw) if self.log else float(raw)
+        if n >= self.min_count:
+            # A floor on the deviation keeps a perfectly regular history from turning a cent of
+            # difference into an infinite z-score.
+            floor = 0.05 if self.log else max(abs(mean) * 0.05, 1e-6)
+            env[prefix + "zscore"] = (x - mean) / max(math.sqrt(var), floor)
+            if self.log:
+                env[prefix + "ratio"] = math.exp(x - mean)
+            elif mean:
+                env[prefix + "ratio"] = x / mean
+        if update:
+            # Welford's update written with a weight: 1/n while n grows, 1/max_count after.
+            n = min(n + 1.0, self.max_count)
+            alpha = 1.0 / n
+            delta = x - mean
+            state[0] = n
+            state[1] = mean + alpha * delta
+            state[2] = (1.0 - alpha) * (var + alpha * delta * delta)
+
+
+class HourProfile(FeatureKind):
+    """How often the entity acted at each UTC hour; ``hour_count`` spans this hour ±1.
+
+    Counts halve when the total passes 2,000, so the profile follows habits that change.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.outputs = {"total": "number", "hour_count": "number", "hour_share": "number"}
+
+    def new_state(self) -> array[float]:
+        return array("d", bytes(8 * 25))  # 24 hours + total
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        hours: array[float] = state
+        hour = int(ts // 3600) % 24
+        total = hours[24]
+        near = hours[(hour - 1) % 24] + hours[hour] + hours[(hour + 1) % 24]
+        env[prefix + "total"] = int(total)
+        env[prefix + "hour_count"] = near
+        env[prefix + "hour_share"] = near / total if total else None
+        if update:
+            hours[hour] += 1.0
+            hours[24] = total + 1.0
+            if hours[24] > 2000.0:
+                for h in range(25):
+                    hours[h] /= 2.0
+
+
+class Novelty(FeatureKind):
+    """First- and last-seen of values (devices, countries, counterparties, endpoints) per entity.
+
+    State: the entity's first event time and a recency-ordered dict value -> [first, last, seen]
+    of at most ``capacity`` values.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        if spec.value is None:
+            raise FeatureConfigError(f"feature {spec.name!r}: novelty needs value")
+        self.paths = (spec.value,) if isinstance(spec.value, str) else spec.value
+        for path in self.paths:
+            _check_path(spec, "value", path)
+        self.capacity = spec.capacity
+        self.outputs = {
+            "is_new": "bool",
+            "known": "number",
+            "seen": "number",
+            "age_s": "number",
+            "entity_age_s": "number",
+        }
+
+    def new_state(self) -> list[Any]:
+        return [None, {}]
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        first_ts: float | None = state[0]
+        values: dict[Any, list[float]] = state[1]
+        if len(self.paths) == 1:
+            value = fields.get(self.paths[0])
+        else:
+            parts = [fields.get(p) for p in self.paths]
+            value = None if None in parts else "|".join(str(p) for p in parts)
+        env[prefix + "known"] = len(values)
+        env[prefix + "entity_age_s"] = ts - first_ts if first_ts is not None else 0.0
+        if value is None:
+            return
+        entry = values.get(value)
+        env[prefix + "is_new"] = entry is None
+        env[prefix + "seen"] = int(entry[2]) if entry is not None else 0
+        if entry is not None:
+            env[prefix + "age_s"] = ts - entry[0]
+        if not update:
+            return
+        if first_ts is None:
+            state[0] = ts
+        if entry is None:
+            entry = [ts, ts, 0.0]
+        else:
+            del values[value]
+        entry[1] = max(entry[1], ts)
+        entry[2] += 1.0
+        values[value] = entry
+        if len(values) > self.capacity:
+            del values[next(iter(values))]
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in kilometres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+class GeoVelocity(FeatureKind):
+    """Distance and implied speed since the entity's previous located event.
+
+    Speed divides by the elapsed time floored at 60 s, so two events a second apart read as a
+    jump in one minute rather than an infinite speed.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.outputs = {
+            "distance_km": "number",
+            "speed_kmh": "number",
+            "since_s": "number",
+            "country_changed": "bool",
+            "prev_country": "string",
+        }
+
+    def new_state(self) -> list[Any]:
+        return [None, 0.0, 0.0, None]  # ts, lat, lon, country
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        lat = fields.get("context.geo.lat")
+        lon = fields.get("context.geo.lon")
+        country = fields.get("context.geo.country")
+        prev_ts, prev_lat, prev_lon, prev_country = state
+        if prev_ts is not None:
+            env[prefix + "since_s"] = ts - prev_ts
+            if prev_country is not None:
+                env[prefix + "prev_country"] = prev_country
+                if country is not None:
+                    env[prefix + "country_changed"] = country != prev_country
+            if lat is not None and lon is not None:
+                dist = haversine_km(prev_lat, prev_lon, lat, lon)
+                env[prefix + "distance_km"] = dist
+                env[prefix + "speed_kmh"] = dist / (max(ts - prev_ts, 60.0) / 3600.0)
+        if update and lat is not None and lon is not None and (prev_ts is None or ts >= prev_ts):
+            state[0], state[1], state[2], state[3] = ts, lat, lon, country
+
+
+class Continuity(FeatureKind):
+    """Whether attributes (ip, device, user agent, country) changed since the entity began.
+
+    Keyed by a session id this detects session hijacking: the same session seen again from a
+    new address or device. State: the first non-null value of each attribute and an event count.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        if not spec.attributes:
+            raise FeatureConfigError(f"feature {spec.name!r}: continuity needs attributes")
+        for path in spec.attributes:
+            _check_path(spec, "attribute", path)
+        self.paths = spec.attributes
+        self.keys = tuple(p.rsplit(".", 1)[-1] + "_changed" for p in spec.attributes)
+        self.outputs = {"events": "number", **dict.fromkeys(self.keys, "bool")}
+
+    def new_state(self) -> list[Any]:
+        return [0, *([None] * len(self.paths))]
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        env[prefix + "events"] = state[0]
+        for i, path in enumerate(self.paths):
+            value = fields.get(path)
+            first = state[i + 1]
+            if value is not None and first is not None:
+                env[prefix + self.keys[i]] = value != first
+            if update and first is None and value is not None:
+                state[i + 1] = value
+        if update:
+            state[0] += 1
+
+
+class LastSeen(FeatureKind):
+    """Seconds since the entity's previous event that matched ``when``."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.outputs = {"since_s": "number"}
+
+    def new_state(self) -> list[float | None]:
+        return [None]
+
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+        if state[0] is not None:
+            env[prefix + "since_s"] = ts - state[0]
+        if update and (state[0] is None or ts > state[0]):
+            state[0] = ts
+
+
+_KINDS: Final[dict[str, Callable[[FeatureSpec], FeatureKind]]] = {
+    "velocity": Velocity,
+    "baseline": Baseline,
+    "hour_profile": HourProfile,
+    "novelty": Novelty,
+    "geo_velocity": GeoVelocity,
+    "continuity": Continuity,
+    "last_seen": LastSeen,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# A compiled feature set and the per-event plan.
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A validated, compiled feature: its spec, its kind and its filter."""
+
+    spec: FeatureSpec
+    kind: FeatureKind
+    entity: tuple[str, ...]
+    when: Callable[[Mapping[str, Any]], Any] | None
+    prefix: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureOp:
+    """One feature to step for one event: the state key and whether the event updates it."""
+
+    feature: Feature
+    key: str
+    update: bool
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Every feature of a pack, indexed by event type."""
+
+    features: tuple[Feature, ...]
+    by_type: Mapping[str, tuple[Feature, ...]] = field(default_factory=dict)
+
+    def schema(self) -> dict[str, str]:
+        """Expression types of every feature output, as ``features.<name>.<output>`` paths."""
+        return {f.prefix + out: kind for f in self.features for out, kind in f.kind.outputs.items()}
+
+    def plan(self, event_type: str, fields: Mapping[str, Any]) -> list[FeatureOp]:
+        """The state operations one event needs (pure: reads nothing but the event)."""
+        ops: list[FeatureOp] = []
+        for feature in self.by_type.get(event_type, ()):
+            parts = []
+            for path in feature.entity:
+                value = fields.get(path)
+                if value is None:
+                    break
+                parts.append(str(value))
+            else:
+                key = feature.spec.name + "|" + "|".join(parts)
+                update = feature.when is None or bool(feature.when(fields))
+                ops.append(FeatureOp(feature, key, update))
+        return ops
+
+
+def build_features(
+    specs: Sequence[FeatureSpec],
+    functions: FunctionRegistry,
+    lists: Mapping[str, frozenset[str]] | None = None,
+) -> FeatureSet:
+    """Validate and compile feature specs; raises FeatureConfigError naming the feature."""
+    seen: set[str] = set()
+    features = []
+    for spec in specs:
+        if spec.name in seen:
+            raise FeatureConfigError(f"feature {spec.name!r} is defined twice")
+        seen.add(spec.name)
+        for path in spec.entity:
+            _check_path(spec, "entity", path, {"string", "number"})
+        when = None
+        if spec.when is not None:
+            when = _compile_filter(spec, functions, lists or {})
+        features.append(
+            Feature(
+                spec=spec,
+                kind=_KINDS[spec.kind](spec),
+                entity=spec.entity,
+                when=when,
+                prefix=f"features.{spec.name}.",
+            )
+        )
+    by_type = {t: tuple(f for f in features if t in f.spec.events) for t in EVENT_TYPES}
+    return FeatureSet(features=tuple(features), by_type=by_type)
+
+
+def _compile_filter(
+    spec: FeatureSpec, functions: FunctionRegistry, lists: Mapping[str, frozenset[str]]
+) -> Callable[[Any], Any]:
+    assert spec.when is not None
+    schema = union_schema(spec.events)
+    try:
+        compiled = compile_expression(spec.when, schema=schema, functions=functions, lists=lists)
+    except ExprError as exc:
+        raise FeatureConfigError(f"feature {spec.name!r}: when: {exc}") from None
+    if compiled.type.name != "BOOL":
+        raise FeatureConfigError(f"feature {spec.name!r}: when must be a boolean expression")
+    return compiled.fn
