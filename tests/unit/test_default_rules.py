@@ -27,6 +27,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             F + "account_amount.count": 20,
             F + "account_amount.mean": 100.0,
             F + "account_tx.sum_1h": 2500.0,
+            F + "account_amount.ratio": 1.5,
         },
         {F + "account_tx.sum_1h": 1100.0},
     ),
@@ -35,6 +36,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             F + "account_amount.count": 20,
             F + "account_amount.mean": 100.0,
             F + "account_tx.sum_24h": 6000.0,
+            F + "account_amount.ratio": 2.0,
         },
         {F + "account_amount.mean": 500.0},
     ),
@@ -51,13 +53,13 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {F + "account_amount.count": 9},
     ),
     "TX_AMOUNT_RATIO": (
-        {F + "account_amount.count": 3, F + "account_amount.ratio": 10.0, "data.amount": 500.0},
+        {F + "account_amount.count": 2, F + "account_amount.ratio": 10.0, "data.amount": 500.0},
         {"data.amount": 499.0},
     ),
     "TX_NEW_COUNTERPARTY_HIGH_AMOUNT": (
         {
             F + "account_counterparty.is_new": True,
-            F + "account_counterparty.known": 3,
+            F + "account_counterparty.known": 2,
             F + "account_amount.ratio": 5.0,
             "data.amount": 1000.0,
         },
@@ -68,15 +70,15 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {F + "account_amount.count": 3},
     ),
     "TX_STRUCTURING_24H": (
-        {F + "account_near_threshold.count_24h": 3},
+        {"data.amount": 9500.0, F + "account_near_threshold.count_24h": 3},
         {F + "account_near_threshold.count_24h": 2},
     ),
     "TX_STRUCTURING_7D": (
-        {F + "account_near_threshold.count_7d": 4},
+        {"data.amount": 9990.0, F + "account_near_threshold.count_7d": 4},
         {F + "account_near_threshold.count_7d": 3},
     ),
     "TX_JUST_BELOW_THRESHOLD": (
-        {F + "account_near_threshold.count_24h": 2},
+        {"data.amount": 8500.0, F + "account_near_threshold.count_24h": 2},
         {F + "account_near_threshold.count_24h": 1},
     ),
     "TX_CARD_TESTING": (
@@ -112,6 +114,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {
             F + "account_hours.total": 40,
             F + "account_hours.hour_count": 0.0,
+            F + "account_hours.entity_age_s": 86400.0,
             F + "account_amount.ratio": 3.0,
         },
         {F + "account_hours.hour_count": 1.0},
@@ -164,7 +167,11 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {F + "user_device.is_new": False},
     ),
     "LOGIN_ODD_HOUR": (
-        {F + "user_hours.total": 30, F + "user_hours.hour_count": 0.0},
+        {
+            F + "user_hours.total": 30,
+            F + "user_hours.hour_share": 0.0,
+            F + "user_hours.entity_age_s": 90000.0,
+        },
         {F + "user_hours.total": 29},
     ),
     "SESSION_HIJACK": (
@@ -213,7 +220,12 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "SESSION_PAYOUT_VELOCITY": ({F + "user_payout.count_1h": 3}, {F + "user_payout.count_1h": 2}),
     "SESSION_ODD_HOUR_SENSITIVE": (
-        {"data.action": "payout", F + "user_hours.total": 30, F + "user_hours.hour_count": 0.0},
+        {
+            "data.action": "payout",
+            F + "user_hours.total": 15,
+            F + "user_hours.hour_share": 0.02,
+            F + "user_hours.entity_age_s": 86400.0,
+        },
         {"data.action": "view"},
     ),
     "API_NEW_ROUTE": (
@@ -245,8 +257,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {F + "svc_calls.distinct_5m": 3},
     ),
     "API_BURST": (
-        {F + "svc_route_calls.count_1m": 20, F + "svc_route_calls.count_24h": 1440},
-        {F + "svc_route_calls.count_24h": 2880},
+        {F + "svc_route_calls.count_5m": 14, F + "svc_route_calls.count_24h": 288},
+        {F + "svc_route_calls.count_24h": 576},
     ),
     "API_BURST_SERVICE": (
         {F + "svc_calls.count_1m": 40, F + "svc_calls.count_24h": 2880},
@@ -261,8 +273,12 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {F + "svc_request_size.ratio": 19.0},
     ),
     "API_ODD_HOUR": (
-        {F + "svc_hours.total": 200, F + "svc_hours.hour_count": 0.0},
-        {F + "svc_hours.hour_count": 3.0},
+        {
+            F + "svc_hours.total": 200,
+            F + "svc_hours.hour_share": 0.004,
+            F + "svc_hours.entity_age_s": 86400.0,
+        },
+        {F + "svc_hours.entity_age_s": 86399.0},
     ),
 }
 

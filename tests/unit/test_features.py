@@ -206,7 +206,7 @@ def test_baseline_log_transform_ratio_is_geometric() -> None:
     assert out["amt.mean"] == pytest.approx(99.0)
 
 
-def test_hour_profile() -> None:
+def test_hour_profile_compares_with_habits_before_the_current_activity() -> None:
     spec = {"name": "hrs", "kind": "hour_profile", "events": ["login"], "entity": ["data.user_id"]}
     s = Stream(features(spec), "login")
     day = 86400.0
@@ -214,9 +214,23 @@ def test_hour_profile() -> None:
     for d in range(10):
         s.send(base + d * day + 14 * 3600, data__user_id="u", data__success=True)
     out = s.send(base + 20 * day + 15 * 3600, data__user_id="u", data__success=True)
-    assert out == {"hrs.total": 10, "hrs.hour_count": 10.0, "hrs.hour_share": 1.0}
-    out = s.send(base + 21 * day + 3 * 3600, data__user_id="u", data__success=True)
+    assert out == {
+        "hrs.total": 10,
+        "hrs.hour_count": 10.0,
+        "hrs.hour_share": 1.0,
+        "hrs.entity_age_s": 20 * day + 3600,
+    }
+    night = base + 21 * day + 3 * 3600
+    assert s.send(night, data__user_id="u", data__success=True)["hrs.hour_count"] == 0.0
+    # Minutes later the same spell of activity is still compared with the old habits ...
+    later = s.send(night + 1800, data__user_id="u", data__success=True)
+    assert later["hrs.hour_count"] == 0.0
+    assert later["hrs.total"] == 11
+    # ... and once it is over, it becomes part of them.
+    out = s.send(night + 4 * 3600, data__user_id="u", data__success=True)
+    assert out["hrs.total"] == 13
     assert out["hrs.hour_count"] == 0.0
+    assert s.send(night + day, data__user_id="u", data__success=True)["hrs.hour_count"] == 2.0
 
 
 NOVELTY = {

@@ -187,9 +187,7 @@ class ApiCallEvent(_EventBase):
 
 
 Event = TransactionEvent | LoginEvent | SessionEvent | ApiCallEvent
-_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(
-    Annotated[Event, Field(discriminator="type")]
-)
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 # The value type of every path an expression may read, per event type ("number" | "string" |
 # "bool"). Keep in step with the models above; tests check the two agree.

@@ -307,31 +307,67 @@ class Baseline(FeatureKind):
 
 
 class HourProfile(FeatureKind):
-    """How often the entity acted at each UTC hour; ``hour_count`` spans this hour ±1.
+    """How often the entity acted at each UTC hour, before its current spell of activity.
 
-    Counts halve when the total passes 2,000, so the profile follows habits that change.
+    Events join the profile only once their clock hour and the next one have passed, so a burst
+    of activity at a new hour (a login, then a payout minutes later) is compared with the
+    entity's habits, not with itself. ``hour_count`` spans this hour ±1; ``entity_age_s`` tells
+    how long the profile has been learning. Counts halve when the total passes 2,000, so the
+    profile follows habits that change. State: 24 hourly counts, the total, the pending counts
+    of the last two clock hours and the first event's time.
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
-        self.outputs = {"total": "number", "hour_count": "number", "hour_share": "number"}
+        self.outputs = {
+            "total": "number",
+            "hour_count": "number",
+            "hour_share": "number",
+            "entity_age_s": "number",
+        }
 
     def new_state(self) -> array[float]:
-        return array("d", bytes(8 * 25))  # 24 hours + total
+        # 0..23 hourly counts, 24 total, 25/26 pending (absolute hour, count), 27/28 the next,
+        # 29 the first event's time
+        state = array("d", bytes(8 * 30))
+        state[25] = state[27] = state[29] = -1.0
+        return state
 
     def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
         hours: array[float] = state
-        hour = int(ts // 3600) % 24
+        absolute = float(ts // 3600)
+        for slot in (25, 27):
+            if 0 <= hours[slot] < absolute - 1:
+                self._fold(hours, int(hours[slot]) % 24, hours[slot + 1])
+                hours[slot], hours[slot + 1] = -1.0, 0.0
+        hour = int(absolute) % 24
         total = hours[24]
         near = hours[(hour - 1) % 24] + hours[hour] + hours[(hour + 1) % 24]
         env[prefix + "total"] = int(total)
         env[prefix + "hour_count"] = near
         env[prefix + "hour_share"] = near / total if total else None
-        if update:
-            hours[hour] += 1.0
-            hours[24] = total + 1.0
-            if hours[24] > 2000.0:
-                for h in range(25):
-                    hours[h] /= 2.0
+        env[prefix + "entity_age_s"] = ts - hours[29] if hours[29] >= 0 else 0.0
+        if not update:
+            return
+        if hours[29] < 0:
+            hours[29] = ts
+        for slot in (25, 27):
+            if hours[slot] == absolute:
+                hours[slot + 1] += 1.0
+                return
+        for slot in (25, 27):
+            if hours[slot] < 0:
+                hours[slot], hours[slot + 1] = absolute, 1.0
+                return
+        # Both pending slots hold other hours (a late event): count it straight away.
+        self._fold(hours, hour, 1.0)
+
+    @staticmethod
+    def _fold(hours: array[float], hour: int, count: float) -> None:
+        hours[hour] += count
+        hours[24] += count
+        if hours[24] > 2000.0:
+            for h in range(25):
+                hours[h] /= 2.0
 
 
 class Novelty(FeatureKind):

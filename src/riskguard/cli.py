@@ -1,0 +1,165 @@
+"""The ``riskguard`` command line: score, rules lint, simulate, demo.
+
+Exit codes: 0 success; 1 the command ran but found problems (rejected lines, lint issues);
+2 the command could not run (bad arguments, unreadable files, an invalid pack).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+
+from riskguard.engine.decide import Decision, Engine
+from riskguard.engine.events import InvalidEventError, parse_event
+from riskguard.engine.rules import RulePackError, Ruleset
+from riskguard.engine.state import InMemoryStateStore
+from riskguard.rulefile import load_pack_file
+from riskguard.scoring import Scorer
+
+app = typer.Typer(
+    name="riskguard",
+    help="Real-time, explainable risk decisions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+rules_app = typer.Typer(help="Rule packs.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+EXIT_PROBLEMS = 1
+EXIT_UNUSABLE = 2
+
+
+def _fail(message: str, code: int = EXIT_UNUSABLE) -> typer.Exit:
+    typer.echo(f"riskguard: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load_pack(path: Path | None) -> Ruleset:
+    try:
+        return load_pack_file(path)
+    except RulePackError as exc:
+        raise _fail(f"invalid rule pack {path or 'default'}:\n{exc}") from None
+
+
+def decision_record(decision: Decision) -> dict[str, Any]:
+    """The line ``riskguard score`` writes for one decision."""
+    return decision.to_dict()
+
+
+@app.command()
+def score(
+    events: Annotated[Path, typer.Argument(help="Events, one JSON object a line, in time order.")],
+    rules: Annotated[Path | None, typer.Option(help="Rule pack (default: built-in).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Decisions file (default: stdout).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad line.")] = False,
+) -> None:
+    """Score events from a JSONL file and write one decision a line, in the same order."""
+    ruleset = _load_pack(rules)
+    scorer = Scorer(Engine(ruleset), InMemoryStateStore())
+    try:
+        source = events.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {events}: {exc.strerror}") from None
+    try:
+        sink: TextIO = out.open("w", encoding="utf-8") if out is not None else sys.stdout
+    except OSError as exc:
+        source.close()
+        raise _fail(f"cannot write {out}: {exc.strerror}") from None
+    rejected = scored = 0
+    try:
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = parse_event(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                problem = f"not valid JSON ({exc})"
+            except InvalidEventError as exc:
+                problem = str(exc)
+            else:
+                sink.write(json.dumps(decision_record(scorer.score(event))) + "\n")
+                scored += 1
+                continue
+            rejected += 1
+            typer.echo(f"{events}:{number}: rejected: {problem}", err=True)
+            if strict:
+                raise _fail(f"stopped at line {number} (--strict)", EXIT_PROBLEMS)
+    except UnicodeDecodeError as exc:
+        raise _fail(f"{events} is not UTF-8 text: {exc}") from None
+    finally:
+        source.close()
+        if out is not None:
+            sink.close()
+    typer.echo(f"scored {scored} events, rejected {rejected}", err=True)
+    if rejected:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+@rules_app.command("lint")
+def rules_lint(
+    pack: Annotated[Path, typer.Argument(help="Rule pack to validate (YAML or JSON).")],
+) -> None:
+    """Validate a rule pack: every problem with its rule id, position and what was expected."""
+    try:
+        ruleset = load_pack_file(pack)
+    except RulePackError as exc:
+        for issue in exc.issues:
+            typer.echo(f"{pack}: {issue}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS) from None
+    active = sum(1 for r in ruleset.rules if not r.shadow)
+    typer.echo(
+        f"{pack}: ok — {len(ruleset.rules)} rules ({active} active, "
+        f"{len(ruleset.rules) - active} shadow), {len(ruleset.features.features)} features, "
+        f"version {ruleset.version}"
+    )
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Events file to write (JSONL).")],
+    days: Annotated[int, typer.Option(min=1, max=365)] = 7,
+    users: Annotated[int, typer.Option(min=10, max=1_000_000)] = 1000,
+    seed: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """Write a labelled synthetic stream: benign behaviour and attacks (labels beside it)."""
+    from riskguard.simulate import simulate as generate
+    from riskguard.simulate import write_jsonl
+
+    events, labels = generate(days=days, users=users, seed=seed)
+    labels_path = labels_path_for(out)
+    try:
+        write_jsonl(out, events)
+        write_jsonl(labels_path, labels)
+    except OSError as exc:
+        raise _fail(f"cannot write {exc.filename}: {exc.strerror}") from None
+    typer.echo(f"wrote {len(events)} events to {out} and {len(labels)} labels to {labels_path}")
+
+
+def labels_path_for(events_path: Path) -> Path:
+    """Where the labels of a simulated events file live: ``X.jsonl`` → ``X.labels.jsonl``."""
+    name = events_path.name
+    stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+    return events_path.with_name(stem + ".labels.jsonl")
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(min=1, max=3600, help="How long to run.")] = 20,
+    users: Annotated[int, typer.Option(min=10, max=100_000)] = 500,
+    days: Annotated[int, typer.Option(min=3, max=60)] = 5,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Simulate traffic through the engine and show the decisions live, then a summary."""
+    from riskguard.demo import run_demo
+
+    run_demo(seconds=seconds, users=users, days=days, seed=seed)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
