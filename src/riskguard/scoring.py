@@ -27,8 +27,9 @@ class Scorer:
     def score(self, event: Event) -> Decision:
         """Read and update the event's feature state, then decide on it."""
         engine = self._engine()
-        env = event.fields()
+        ts = event.occurred_at.timestamp()
+        env = event.fields(ts)
         event_type = env["type"]
         ops = engine.plan(event_type, env)
-        self.store.apply(ops, event.ts, env, env)
+        self.store.apply(ops, ts, env, env)
         return engine.decide(event.event_id, event_type, env)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Mapping
-from datetime import UTC
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -123,12 +122,17 @@ class _EventBase(_Model):
         """Event time in seconds since the Unix epoch."""
         return self.occurred_at.timestamp()
 
-    def fields(self) -> dict[str, Any]:
-        """Flatten into the dotted paths that rule expressions read (absent values omitted)."""
+    def fields(self, ts: float | None = None) -> dict[str, Any]:
+        """Flatten into the dotted paths that rule expressions read (absent values omitted).
+
+        ``ts`` is the event's time if the caller already has it (saves converting it again).
+        """
+        if ts is None:
+            ts = self.occurred_at.timestamp()
         out: dict[str, Any] = {
             "event_id": self.event_id,
             "type": self.type_name(),
-            "hour": self.occurred_at.astimezone(UTC).hour,
+            "hour": int(ts // 3600) % 24,  # UTC hour
         }
         ctx = self.context
         if ctx.ip is not None:

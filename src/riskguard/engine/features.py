@@ -132,14 +132,25 @@ def union_schema(event_types: Sequence[str]) -> dict[str, str]:
 
 
 class FeatureKind:
-    """Behaviour shared by every kind: the outputs it declares and how one event steps it."""
+    """Behaviour shared by every kind: the outputs it declares and how one event steps it.
+
+    Output keys are built once (``features.<name>.<output>``) so the hot path never
+    concatenates strings.
+    """
 
     outputs: dict[str, str]  # output name -> expression type ("number" | "string" | "bool")
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.prefix = f"features.{spec.name}."
+
+    def key(self, output: str) -> str:
+        """The environment key of one of this feature's outputs."""
+        return self.prefix + output
 
     def new_state(self) -> Any:
         raise NotImplementedError
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         """Write this feature's outputs for the event into ``env``; fold it in if ``update``."""
         raise NotImplementedError
 
@@ -149,72 +160,85 @@ class Velocity(FeatureKind):
 
     State: one ``array('d')`` holding, per window, ``[last_bucket, total_count, total_sum,
     count_0..count_B, sum_0..sum_B]`` (B+1 slots so the window is always fully covered), plus a
-    dict value -> last seen time for distinct counts.
+    dict value -> last seen time for distinct counts, in recency order.
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         if not spec.windows:
             raise FeatureConfigError(f"feature {spec.name!r}: velocity needs windows")
-        self.window_names = tuple(w.strip() for w in spec.windows)
+        names = tuple(w.strip() for w in spec.windows)
         try:
-            self.windows = tuple(parse_duration(w) for w in self.window_names)
+            spans = tuple(parse_duration(w) for w in names)
         except ValueError as exc:
             raise FeatureConfigError(f"feature {spec.name!r}: {exc}") from None
-        self.slots = WINDOW_BUCKETS + 1
-        self.widths = tuple(w / WINDOW_BUCKETS for w in self.windows)
-        self.stride = 3 + 2 * self.slots
-        self.sum_path = spec.sum
-        self.distinct_path = spec.distinct
-        self.capacity = spec.capacity
         if spec.sum is not None:
             _check_path(spec, "sum", spec.sum, {"number"})
         if spec.distinct is not None:
             _check_path(spec, "distinct", spec.distinct)
+        self.slots = WINDOW_BUCKETS + 1
+        self.stride = 3 + 2 * self.slots
+        self.spans = spans
+        self.sum_path = spec.sum
+        self.distinct_path = spec.distinct
+        self.capacity = spec.capacity
+        self._zeros = array("d", bytes(8 * (self.stride - 1)))
+        # Per window: bucket width, count key, sum key (or None); distinct windows shortest first.
+        self._windows = tuple(
+            (
+                span / WINDOW_BUCKETS,
+                self.key(f"count_{name}"),
+                self.key(f"sum_{name}") if spec.sum is not None else None,
+            )
+            for name, span in zip(names, spans, strict=True)
+        )
+        self._distinct = tuple(
+            sorted(
+                (span, self.key(f"distinct_{name}"))
+                for name, span in zip(names, spans, strict=True)
+            )
+        )
         self.outputs = {}
-        self._count_keys = tuple(f"count_{w}" for w in self.window_names)
-        self._sum_keys = tuple(f"sum_{w}" for w in self.window_names)
-        self._distinct_keys = tuple(f"distinct_{w}" for w in self.window_names)
-        for i in range(len(self.windows)):
-            self.outputs[self._count_keys[i]] = "number"
+        for name in names:
+            self.outputs[f"count_{name}"] = "number"
             if spec.sum is not None:
-                self.outputs[self._sum_keys[i]] = "number"
+                self.outputs[f"sum_{name}"] = "number"
             if spec.distinct is not None:
-                self.outputs[self._distinct_keys[i]] = "number"
+                self.outputs[f"distinct_{name}"] = "number"
 
     def new_state(self) -> list[Any]:
-        buckets = array("d", bytes(8 * self.stride * len(self.windows)))
-        for i in range(len(self.windows)):
+        buckets = array("d", bytes(8 * self.stride * len(self.spans)))
+        for i in range(len(self.spans)):
             buckets[i * self.stride] = -1.0
         return [buckets, {} if self.distinct_path is not None else None]
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         buckets: array[float] = state[0]
         amount = 0.0
         if self.sum_path is not None:
             raw = fields.get(self.sum_path)
-            amount = float(raw) if raw is not None else 0.0
+            if raw is not None:
+                amount = float(raw)
         slots = self.slots
         stride = self.stride
-        for i, width in enumerate(self.widths):
-            base = i * stride
-            idx = float(ts // width)
+        zeros = self._zeros
+        base = 0
+        for width, count_key, sum_key in self._windows:
+            idx = ts // width
             last = buckets[base]
             if idx > last:
-                # Expire the slots that the window slid past since the last event.
-                gap = int(idx - last) if last >= 0 else slots
-                if gap >= slots:
-                    for s in range(base + 1, base + stride):
-                        buckets[s] = 0.0
+                # Expire the slots the window slid past since the entity's last event.
+                if last < 0 or idx - last >= slots:
+                    buckets[base + 1 : base + stride] = zeros
                 else:
                     for k in range(int(last) + 1, int(idx) + 1):
-                        slot = k % slots
-                        c = base + 3 + slot
-                        buckets[base + 1] -= buckets[c]
-                        buckets[base + 2] -= buckets[c + slots]
-                        buckets[c] = 0.0
-                        buckets[c + slots] = 0.0
-                buckets[base] = idx
-                last = idx
+                        c = base + 3 + k % slots
+                        if buckets[c]:
+                            buckets[base + 1] -= buckets[c]
+                            buckets[base + 2] -= buckets[c + slots]
+                            buckets[c] = 0.0
+                            buckets[c + slots] = 0.0
+                buckets[base] = last = idx
             if update and idx > last - slots:
                 c = base + 3 + int(idx) % slots
                 buckets[c] += 1.0
@@ -222,31 +246,40 @@ class Velocity(FeatureKind):
                 if amount:
                     buckets[c + slots] += amount
                     buckets[base + 2] += amount
-            env[prefix + self._count_keys[i]] = int(buckets[base + 1])
-            if self.sum_path is not None:
+            env[count_key] = buckets[base + 1]
+            if sum_key is not None:
                 total = buckets[base + 2]
-                env[prefix + self._sum_keys[i]] = round(total, 6) if total > 1e-9 else 0.0
+                env[sum_key] = round(total, 6) if total > 1e-9 else 0.0
+            base += stride
         if self.distinct_path is not None:
-            self._step_distinct(state[1], ts, update, fields, env, prefix)
+            self._step_distinct(state[1], ts, update, fields, env)
 
     def _step_distinct(
-        self, seen: dict[Any, float], ts: float, update: bool, fields: Env, env: Env, prefix: str
+        self, seen: dict[Any, float], ts: float, update: bool, fields: Env, env: Env
     ) -> None:
         assert self.distinct_path is not None
         value = fields.get(self.distinct_path)
         if update and value is not None:
-            seen.pop(value, None)  # re-insert at the end: dict order is recency order
-            seen[value] = max(ts, seen.get(value, ts))
+            previous = seen.pop(value, ts)  # re-inserted last: dict order is recency order
+            seen[value] = ts if ts > previous else previous
             if len(seen) > self.capacity:
                 del seen[next(iter(seen))]
-        counts = [0] * len(self.windows)
-        horizons = [ts - w for w in self.windows]
-        for last_seen in seen.values():
-            for i, horizon in enumerate(horizons):
-                if last_seen > horizon:
-                    counts[i] += 1
-        for i, key in enumerate(self._distinct_keys):
-            env[prefix + key] = counts[i]
+        # Walk from the most recent value back; windows are visited shortest first, so the walk
+        # stops at the longest window's horizon. Exact for events in time order.
+        windows = self._distinct
+        i, n, count = 0, len(windows), 0
+        horizon = ts - windows[0][0]
+        for last_seen in reversed(seen.values()):
+            while last_seen <= horizon:
+                env[windows[i][1]] = count
+                i += 1
+                if i == n:
+                    return
+                horizon = ts - windows[i][0]
+            count += 1
+        while i < n:
+            env[windows[i][1]] = count
+            i += 1
 
 
 class Baseline(FeatureKind):
@@ -259,6 +292,7 @@ class Baseline(FeatureKind):
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         if not isinstance(spec.value, str):
             raise FeatureConfigError(f"feature {spec.name!r}: baseline needs one numeric value")
         _check_path(spec, "value", spec.value, {"number"})
@@ -266,23 +300,20 @@ class Baseline(FeatureKind):
         self.log = spec.transform == "log"
         self.min_count = spec.min_count
         self.max_count = float(spec.max_count)
-        self.outputs = {
-            "count": "number",
-            "mean": "number",
-            "std": "number",
-            "zscore": "number",
-            "ratio": "number",
-        }
+        self.outputs = dict.fromkeys(("count", "mean", "std", "zscore", "ratio"), "number")
+        self._count, self._mean, self._std, self._z, self._ratio = (
+            self.key(o) for o in self.outputs
+        )
 
     def new_state(self) -> list[float]:
         return [0.0, 0.0, 0.0]  # n, mean, variance
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         n, mean, var = state
-        env[prefix + "count"] = int(n)
+        env[self._count] = int(n)
         if n > 0:
-            env[prefix + "mean"] = math.expm1(mean) if self.log else mean
-            env[prefix + "std"] = math.sqrt(var)
+            env[self._mean] = math.expm1(mean) if self.log else mean
+            env[self._std] = math.sqrt(var)
         raw = fields.get(self.path)
         if raw is None:
             return
@@ -291,11 +322,11 @@ class Baseline(FeatureKind):
             # A floor on the deviation keeps a perfectly regular history from turning a cent of
             # difference into an infinite z-score.
             floor = 0.05 if self.log else max(abs(mean) * 0.05, 1e-6)
-            env[prefix + "zscore"] = (x - mean) / max(math.sqrt(var), floor)
+            env[self._z] = (x - mean) / max(math.sqrt(var), floor)
             if self.log:
-                env[prefix + "ratio"] = math.exp(x - mean)
+                env[self._ratio] = math.exp(x - mean)
             elif mean:
-                env[prefix + "ratio"] = x / mean
+                env[self._ratio] = x / mean
         if update:
             # Welford's update written with a weight: 1/n while n grows, 1/max_count after.
             n = min(n + 1.0, self.max_count)
@@ -318,12 +349,11 @@ class HourProfile(FeatureKind):
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
-        self.outputs = {
-            "total": "number",
-            "hour_count": "number",
-            "hour_share": "number",
-            "entity_age_s": "number",
-        }
+        super().__init__(spec)
+        self.outputs = dict.fromkeys(
+            ("total", "hour_count", "hour_share", "entity_age_s"), "number"
+        )
+        self._total, self._count, self._share, self._age = (self.key(o) for o in self.outputs)
 
     def new_state(self) -> array[float]:
         # 0..23 hourly counts, 24 total, 25/26 pending (absolute hour, count), 27/28 the next,
@@ -332,34 +362,36 @@ class HourProfile(FeatureKind):
         state[25] = state[27] = state[29] = -1.0
         return state
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         hours: array[float] = state
-        absolute = float(ts // 3600)
-        for slot in (25, 27):
-            if 0 <= hours[slot] < absolute - 1:
-                self._fold(hours, int(hours[slot]) % 24, hours[slot + 1])
-                hours[slot], hours[slot + 1] = -1.0, 0.0
+        absolute = ts // 3600
+        if 0 <= hours[25] < absolute - 1:
+            self._fold(hours, int(hours[25]) % 24, hours[26])
+            hours[25], hours[26] = -1.0, 0.0
+        if 0 <= hours[27] < absolute - 1:
+            self._fold(hours, int(hours[27]) % 24, hours[28])
+            hours[27], hours[28] = -1.0, 0.0
         hour = int(absolute) % 24
         total = hours[24]
         near = hours[(hour - 1) % 24] + hours[hour] + hours[(hour + 1) % 24]
-        env[prefix + "total"] = int(total)
-        env[prefix + "hour_count"] = near
-        env[prefix + "hour_share"] = near / total if total else None
-        env[prefix + "entity_age_s"] = ts - hours[29] if hours[29] >= 0 else 0.0
+        env[self._total] = int(total)
+        env[self._count] = near
+        env[self._share] = near / total if total else None
+        env[self._age] = ts - hours[29] if hours[29] >= 0 else 0.0
         if not update:
             return
         if hours[29] < 0:
             hours[29] = ts
-        for slot in (25, 27):
-            if hours[slot] == absolute:
-                hours[slot + 1] += 1.0
-                return
-        for slot in (25, 27):
-            if hours[slot] < 0:
-                hours[slot], hours[slot + 1] = absolute, 1.0
-                return
-        # Both pending slots hold other hours (a late event): count it straight away.
-        self._fold(hours, hour, 1.0)
+        if hours[25] == absolute:
+            hours[26] += 1.0
+        elif hours[27] == absolute:
+            hours[28] += 1.0
+        elif hours[25] < 0:
+            hours[25], hours[26] = absolute, 1.0
+        elif hours[27] < 0:
+            hours[27], hours[28] = absolute, 1.0
+        else:  # both pending slots hold other hours (a late event): count it straight away
+            self._fold(hours, hour, 1.0)
 
     @staticmethod
     def _fold(hours: array[float], hour: int, count: float) -> None:
@@ -378,6 +410,7 @@ class Novelty(FeatureKind):
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         if spec.value is None:
             raise FeatureConfigError(f"feature {spec.name!r}: novelty needs value")
         self.paths = (spec.value,) if isinstance(spec.value, str) else spec.value
@@ -391,11 +424,14 @@ class Novelty(FeatureKind):
             "age_s": "number",
             "entity_age_s": "number",
         }
+        self._is_new, self._known, self._seen, self._age, self._entity_age = (
+            self.key(o) for o in self.outputs
+        )
 
     def new_state(self) -> list[Any]:
         return [None, {}]
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         first_ts: float | None = state[0]
         values: dict[Any, list[float]] = state[1]
         if len(self.paths) == 1:
@@ -403,15 +439,17 @@ class Novelty(FeatureKind):
         else:
             parts = [fields.get(p) for p in self.paths]
             value = None if None in parts else "|".join(str(p) for p in parts)
-        env[prefix + "known"] = len(values)
-        env[prefix + "entity_age_s"] = ts - first_ts if first_ts is not None else 0.0
+        env[self._known] = len(values)
+        env[self._entity_age] = ts - first_ts if first_ts is not None else 0.0
         if value is None:
             return
         entry = values.get(value)
-        env[prefix + "is_new"] = entry is None
-        env[prefix + "seen"] = int(entry[2]) if entry is not None else 0
+        env[self._is_new] = entry is None
         if entry is not None:
-            env[prefix + "age_s"] = ts - entry[0]
+            env[self._seen] = int(entry[2])
+            env[self._age] = ts - entry[0]
+        else:
+            env[self._seen] = 0
         if not update:
             return
         if first_ts is None:
@@ -420,7 +458,8 @@ class Novelty(FeatureKind):
             entry = [ts, ts, 0.0]
         else:
             del values[value]
-        entry[1] = max(entry[1], ts)
+        if ts > entry[1]:
+            entry[1] = ts
         entry[2] += 1.0
         values[value] = entry
         if len(values) > self.capacity:
@@ -443,6 +482,7 @@ class GeoVelocity(FeatureKind):
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         self.outputs = {
             "distance_km": "number",
             "speed_kmh": "number",
@@ -450,25 +490,28 @@ class GeoVelocity(FeatureKind):
             "country_changed": "bool",
             "prev_country": "string",
         }
+        self._distance, self._speed, self._since, self._changed, self._prev = (
+            self.key(o) for o in self.outputs
+        )
 
     def new_state(self) -> list[Any]:
         return [None, 0.0, 0.0, None]  # ts, lat, lon, country
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         lat = fields.get("context.geo.lat")
         lon = fields.get("context.geo.lon")
         country = fields.get("context.geo.country")
         prev_ts, prev_lat, prev_lon, prev_country = state
         if prev_ts is not None:
-            env[prefix + "since_s"] = ts - prev_ts
+            env[self._since] = ts - prev_ts
             if prev_country is not None:
-                env[prefix + "prev_country"] = prev_country
+                env[self._prev] = prev_country
                 if country is not None:
-                    env[prefix + "country_changed"] = country != prev_country
+                    env[self._changed] = country != prev_country
             if lat is not None and lon is not None:
                 dist = haversine_km(prev_lat, prev_lon, lat, lon)
-                env[prefix + "distance_km"] = dist
-                env[prefix + "speed_kmh"] = dist / (max(ts - prev_ts, 60.0) / 3600.0)
+                env[self._distance] = dist
+                env[self._speed] = dist / (max(ts - prev_ts, 60.0) / 3600.0)
         if update and lat is not None and lon is not None and (prev_ts is None or ts >= prev_ts):
             state[0], state[1], state[2], state[3] = ts, lat, lon, country
 
@@ -481,26 +524,33 @@ class Continuity(FeatureKind):
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         if not spec.attributes:
             raise FeatureConfigError(f"feature {spec.name!r}: continuity needs attributes")
         for path in spec.attributes:
             _check_path(spec, "attribute", path)
-        self.paths = spec.attributes
-        self.keys = tuple(p.rsplit(".", 1)[-1] + "_changed" for p in spec.attributes)
-        self.outputs = {"events": "number", **dict.fromkeys(self.keys, "bool")}
+        names = tuple(p.rsplit(".", 1)[-1] + "_changed" for p in spec.attributes)
+        self.outputs = {"events": "number", **dict.fromkeys(names, "bool")}
+        self._events = self.key("events")
+        self._attributes = tuple(
+            (i + 1, path, self.key(name))
+            for i, (path, name) in enumerate(zip(spec.attributes, names, strict=True))
+        )
 
     def new_state(self) -> list[Any]:
-        return [0, *([None] * len(self.paths))]
+        return [0, *([None] * len(self._attributes))]
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
-        env[prefix + "events"] = state[0]
-        for i, path in enumerate(self.paths):
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
+        env[self._events] = state[0]
+        for slot, path, key in self._attributes:
             value = fields.get(path)
-            first = state[i + 1]
-            if value is not None and first is not None:
-                env[prefix + self.keys[i]] = value != first
-            if update and first is None and value is not None:
-                state[i + 1] = value
+            if value is None:
+                continue
+            first = state[slot]
+            if first is not None:
+                env[key] = value != first
+            elif update:
+                state[slot] = value
         if update:
             state[0] += 1
 
@@ -509,15 +559,18 @@ class LastSeen(FeatureKind):
     """Seconds since the entity's previous event that matched ``when``."""
 
     def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
         self.outputs = {"since_s": "number"}
+        self._since = self.key("since_s")
 
     def new_state(self) -> list[float | None]:
         return [None]
 
-    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env, prefix: str) -> None:
-        if state[0] is not None:
-            env[prefix + "since_s"] = ts - state[0]
-        if update and (state[0] is None or ts > state[0]):
+    def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
+        previous = state[0]
+        if previous is not None:
+            env[self._since] = ts - previous
+        if update and (previous is None or ts > previous):
             state[0] = ts
 
 
@@ -544,20 +597,16 @@ class Feature:
     kind: FeatureKind
     entity: tuple[str, ...]
     when: Callable[[Mapping[str, Any]], Any] | None
-    prefix: str
+    prefix: str  # "features.<name>." — where its outputs live in the environment
+    key_prefix: str  # "<name>|" — the start of its state keys
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureOp:
-    """One feature to step for one event: the state key and whether the event updates it."""
-
-    feature: Feature
-    key: str
-    update: bool
+FeatureOp = tuple[str, Feature, bool]
+"""One feature to step for one event: (state key, feature, whether the event updates it)."""
 
 
 @dataclass(frozen=True)
@@ -572,19 +621,26 @@ class FeatureSet:
         return {f.prefix + out: kind for f in self.features for out, kind in f.kind.outputs.items()}
 
     def plan(self, event_type: str, fields: Mapping[str, Any]) -> list[FeatureOp]:
-        """The state operations one event needs (pure: reads nothing but the event)."""
+        """The state operations one event needs (pure: reads nothing but the event).
+
+        A feature whose entity fields are not all present in the event is left out.
+        """
         ops: list[FeatureOp] = []
+        get = fields.get
         for feature in self.by_type.get(event_type, ()):
-            parts = []
-            for path in feature.entity:
-                value = fields.get(path)
+            entity = feature.entity
+            if len(entity) == 1:
+                value = get(entity[0])
                 if value is None:
-                    break
-                parts.append(str(value))
+                    continue
+                key = feature.key_prefix + (value if value.__class__ is str else str(value))
             else:
-                key = feature.spec.name + "|" + "|".join(parts)
-                update = feature.when is None or bool(feature.when(fields))
-                ops.append(FeatureOp(feature, key, update))
+                parts = [get(path) for path in entity]
+                if None in parts:
+                    continue
+                key = feature.key_prefix + "|".join([str(p) for p in parts])
+            when = feature.when
+            ops.append((key, feature, when is None or bool(when(fields))))
         return ops
 
 
@@ -612,6 +668,7 @@ def build_features(
                 entity=spec.entity,
                 when=when,
                 prefix=f"features.{spec.name}.",
+                key_prefix=spec.name + "|",
             )
         )
     by_type = {t: tuple(f for f in features if t in f.spec.events) for t in EVENT_TYPES}

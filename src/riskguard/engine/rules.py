@@ -157,6 +157,8 @@ class Ruleset:
     features: FeatureSet
     rules: tuple[CompiledRule, ...]
     by_type: Mapping[str, tuple[CompiledRule, ...]]
+    active_by_type: Mapping[str, tuple[CompiledRule, ...]]
+    shadow_by_type: Mapping[str, tuple[CompiledRule, ...]]
     thresholds: Mapping[str, Thresholds]
     fusion: FusionWeights
 
@@ -239,6 +241,8 @@ def load_ruleset(
         raise RulePackError(issues)
 
     by_type = {t: tuple(r for r in compiled if r.enabled and t in r.events) for t in EVENT_TYPES}
+    active = {t: tuple(r for r in rules if not r.shadow) for t, rules in by_type.items()}
+    shadow = {t: tuple(r for r in rules if r.shadow) for t, rules in by_type.items()}
     return Ruleset(
         version=pack_version(document),
         name=spec.name,
@@ -246,6 +250,8 @@ def load_ruleset(
         features=feature_set,
         rules=tuple(compiled),
         by_type=by_type,
+        active_by_type=active,
+        shadow_by_type=shadow,
         thresholds=thresholds,
         fusion=fusion,
     )

@@ -36,13 +36,13 @@ class InMemoryStateStore:
 
     def apply(self, ops: Sequence[FeatureOp], ts: float, fields: Env, env: Env) -> None:
         states = self._states
-        for op in ops:
-            state = states.pop(op.key, None)  # re-inserted below: dict order is recency order
-            kind = op.feature.kind
+        for key, feature, update in ops:
+            state = states.pop(key, None)  # re-inserted below: dict order is recency order
+            kind = feature.kind
             if state is None:
                 state = kind.new_state()
-            kind.step(state, ts, op.update, fields, env, op.feature.prefix)
-            states[op.key] = state
+            kind.step(state, ts, update, fields, env)
+            states[key] = state
         while len(states) > self.max_entities:
             del states[next(iter(states))]
 
