@@ -88,6 +88,7 @@ def run_demo(*, seconds: float, users: int, days: int, seed: int) -> DemoStats:
             delay = started + (tick + 1) * seconds / ticks - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+    console.print()
     _summary(console, stats, len(events))
     return stats
 
