@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 eval: $(STAMP)
-	$(BIN)/python bench/detection.py
+	$(BIN)/python bench/detection.py --seeds 1 2 3 4 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

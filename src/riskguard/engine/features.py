@@ -10,8 +10,8 @@ Kinds and outputs (``features.<name>.<output>`` in expressions):
 =============  ================================================================================
 velocity       ``count_<w>``, ``sum_<w>``, ``distinct_<w>`` for each window ``w`` (e.g. ``5m``)
 baseline       ``count``, ``mean``, ``std``, ``zscore``, ``ratio`` of a numeric value
-hour_profile   ``total``, ``hour_count`` (events in this hour ±1 h), ``hour_share``
-novelty        ``is_new``, ``known``, ``seen``, ``age_s``, ``entity_age_s``
+hour_profile   ``total``, ``hour_count`` (this hour ±1 h), ``hour_share``, ``entity_age_s``
+novelty        ``is_new``, ``known``, ``age_s``, ``entity_age_s``
 geo_velocity   ``distance_km``, ``speed_kmh``, ``since_s``, ``country_changed``, ``prev_country``
 continuity     ``events`` and ``<attribute>_changed`` per attribute (``ip_changed`` ...)
 last_seen      ``since_s``
@@ -31,6 +31,7 @@ Error bounds of the approximations (checked by property tests against exact refe
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,59 @@ def union_schema(event_types: Sequence[str]) -> dict[str, str]:
 # Kinds: each owns its state shape, its outputs and its step.
 
 
+_pack_hash = struct.Struct("<q").pack
+
+
+def new_recent_values() -> list[Any]:
+    """An empty recent-values map: ``[hashes, times]``.
+
+    ``hashes`` is a ``bytearray`` of 8-byte value hashes and ``times`` an ``array('d')`` of one
+    time per value, least recently seen first: 16 bytes a value, found with one C-level byte
+    search. Hashing keeps the state small whatever the values' length; two distinct values
+    colliding among a few dozen 64-bit hashes is vanishingly unlikely (the in-memory store uses
+    Python's hash, stable within a process).
+    """
+    return [bytearray(), array("d")]
+
+
+def _index(hashes: bytearray, digest: bytes) -> int:
+    at = hashes.find(digest)
+    while at > 0 and at % 8:  # a match straddling two entries: keep looking
+        at = hashes.find(digest, at + 1)
+    return at >> 3 if at >= 0 else -1
+
+
+def recent_time(state: list[Any], value: Any) -> float | None:
+    """The time stored for ``value``, or None if the map does not hold it."""
+    index = _index(state[0], _pack_hash(hash(value)))
+    return state[1][index] if index >= 0 else None
+
+
+def see_recent(state: list[Any], value: Any, when: float, capacity: int, keep: str) -> float | None:
+    """Record ``value`` as the most recently seen and return the time stored for it before.
+
+    The stored time becomes the earlier (``keep="first"``) or later (``keep="last"``) of the old
+    one and ``when``; beyond ``capacity`` the least recently seen value is forgotten.
+    """
+    hashes: bytearray = state[0]
+    times: array[float] = state[1]
+    digest = _pack_hash(hash(value))
+    index = _index(hashes, digest)
+    previous = None
+    if index >= 0:
+        previous = times[index]
+        if (previous < when) is (keep == "first"):
+            when = previous
+        del hashes[8 * index : 8 * index + 8]
+        del times[index]
+    hashes += digest
+    times.append(when)
+    if len(times) > capacity:
+        del hashes[:8]
+        del times[0]
+    return previous
+
+
 class FeatureKind:
     """Behaviour shared by every kind: the outputs it declares and how one event steps it.
 
@@ -160,7 +214,7 @@ class Velocity(FeatureKind):
 
     State: one ``array('d')`` holding, per window, ``[last_bucket, total_count, total_sum,
     count_0..count_B, sum_0..sum_B]`` (B+1 slots so the window is always fully covered), plus a
-    dict value -> last seen time for distinct counts, in recency order.
+    recent-values map (:func:`new_recent_values`) value -> last seen time for distinct counts.
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
@@ -210,7 +264,7 @@ class Velocity(FeatureKind):
         buckets = array("d", bytes(8 * self.stride * len(self.spans)))
         for i in range(len(self.spans)):
             buckets[i * self.stride] = -1.0
-        return [buckets, {} if self.distinct_path is not None else None]
+        return [buckets, new_recent_values() if self.distinct_path is not None else None]
 
     def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         buckets: array[float] = state[0]
@@ -255,21 +309,18 @@ class Velocity(FeatureKind):
             self._step_distinct(state[1], ts, update, fields, env)
 
     def _step_distinct(
-        self, seen: dict[Any, float], ts: float, update: bool, fields: Env, env: Env
+        self, seen: list[Any], ts: float, update: bool, fields: Env, env: Env
     ) -> None:
         assert self.distinct_path is not None
         value = fields.get(self.distinct_path)
         if update and value is not None:
-            previous = seen.pop(value, ts)  # re-inserted last: dict order is recency order
-            seen[value] = ts if ts > previous else previous
-            if len(seen) > self.capacity:
-                del seen[next(iter(seen))]
+            see_recent(seen, value, ts, self.capacity, "last")
         # Walk from the most recent value back; windows are visited shortest first, so the walk
         # stops at the longest window's horizon. Exact for events in time order.
         windows = self._distinct
         i, n, count = 0, len(windows), 0
         horizon = ts - windows[0][0]
-        for last_seen in reversed(seen.values()):
+        for last_seen in reversed(seen[1]):
             while last_seen <= horizon:
                 env[windows[i][1]] = count
                 i += 1
@@ -403,10 +454,11 @@ class HourProfile(FeatureKind):
 
 
 class Novelty(FeatureKind):
-    """First- and last-seen of values (devices, countries, counterparties, endpoints) per entity.
+    """First-seen times of values (devices, countries, counterparties, endpoints) per entity.
 
-    State: the entity's first event time and a recency-ordered dict value -> [first, last, seen]
-    of at most ``capacity`` values.
+    State: the entity's first event time and a recent-values map (:func:`new_recent_values`)
+    value -> first seen time of at most ``capacity`` values (the least recently seen is
+    forgotten first).
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
@@ -420,50 +472,35 @@ class Novelty(FeatureKind):
         self.outputs = {
             "is_new": "bool",
             "known": "number",
-            "seen": "number",
             "age_s": "number",
             "entity_age_s": "number",
         }
-        self._is_new, self._known, self._seen, self._age, self._entity_age = (
-            self.key(o) for o in self.outputs
-        )
+        self._is_new, self._known, self._age, self._entity_age = (self.key(o) for o in self.outputs)
 
     def new_state(self) -> list[Any]:
-        return [None, {}]
+        return [None, new_recent_values()]
 
     def step(self, state: Any, ts: float, update: bool, fields: Env, env: Env) -> None:
         first_ts: float | None = state[0]
-        values: dict[Any, list[float]] = state[1]
+        values: list[Any] = state[1]
         if len(self.paths) == 1:
             value = fields.get(self.paths[0])
         else:
             parts = [fields.get(p) for p in self.paths]
-            value = None if None in parts else "|".join(str(p) for p in parts)
-        env[self._known] = len(values)
+            value = None if None in parts else "|".join([str(p) for p in parts])
+        env[self._known] = len(values[1])
         env[self._entity_age] = ts - first_ts if first_ts is not None else 0.0
         if value is None:
             return
-        entry = values.get(value)
-        env[self._is_new] = entry is None
-        if entry is not None:
-            env[self._seen] = int(entry[2])
-            env[self._age] = ts - entry[0]
+        if update:
+            first_seen = see_recent(values, value, ts, self.capacity, "first")
+            if first_ts is None:
+                state[0] = ts
         else:
-            env[self._seen] = 0
-        if not update:
-            return
-        if first_ts is None:
-            state[0] = ts
-        if entry is None:
-            entry = [ts, ts, 0.0]
-        else:
-            del values[value]
-        if ts > entry[1]:
-            entry[1] = ts
-        entry[2] += 1.0
-        values[value] = entry
-        if len(values) > self.capacity:
-            del values[next(iter(values))]
+            first_seen = recent_time(values, value)
+        env[self._is_new] = first_seen is None
+        if first_seen is not None:
+            env[self._age] = ts - first_seen
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
