@@ -153,11 +153,16 @@ def demo(
     users: Annotated[int, typer.Option(min=10, max=100_000)] = 500,
     days: Annotated[int, typer.Option(min=3, max=60)] = 5,
     seed: Annotated[int, typer.Option()] = 7,
+    rules: Annotated[
+        Path | None, typer.Option(help="Rule pack to watch: saved edits apply live.")
+    ] = None,
 ) -> None:
     """Simulate traffic through the engine and show the decisions live, then a summary."""
     from riskguard.demo import run_demo
 
-    run_demo(seconds=seconds, users=users, days=days, seed=seed)
+    if rules is not None:
+        _load_pack(rules)  # a pack that does not load is an error before the demo starts
+    run_demo(seconds=seconds, users=users, days=days, seed=seed, rules=rules)
 
 
 def main() -> None:

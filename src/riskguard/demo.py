@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleRenderable, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -22,7 +23,7 @@ from riskguard.engine.decide import Decision, Engine
 from riskguard.engine.events import Event, parse_event
 from riskguard.engine.policy import Outcome
 from riskguard.engine.state import InMemoryStateStore
-from riskguard.rulefile import load_pack_file
+from riskguard.rulefile import WatchedRuleset, load_pack_file
 from riskguard.scoring import Scorer
 from riskguard.simulate import simulate
 
@@ -59,15 +60,24 @@ class DemoStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_demo(*, seconds: float, users: int, days: int, seed: int) -> DemoStats:
-    """Run the live demo for ``seconds`` and print a summary; returns the figures shown."""
+def run_demo(
+    *, seconds: float, users: int, days: int, seed: int, rules: Path | None = None
+) -> DemoStats:
+    """Run the live demo for ``seconds`` and print a summary; returns the figures shown.
+
+    With ``rules``, the pack file is watched: save an edit while the demo runs and the next
+    events are decided by the new ruleset (a bad edit keeps the previous one and is shown).
+    """
     console = Console()
     console.print(f"[bold]riskguard demo[/] — simulating {days} days of {users} users ...")
     raw_events, labels = simulate(days=days, users=users, seed=seed)
     label_of = {row["event_id"]: row for row in labels}
     events = [parse_event(e) for e in raw_events]
-    ruleset = load_pack_file(None)
-    scorer = Scorer(Engine(ruleset), InMemoryStateStore())
+    watched = WatchedRuleset(rules) if rules is not None else None
+    scorer = Scorer(
+        watched.engine if watched is not None else Engine(load_pack_file(None)),
+        InMemoryStateStore(),
+    )
     stats = DemoStats()
     stats.episodes = {row["episode"]: row["attack"] for row in labels}
 
@@ -75,7 +85,7 @@ def run_demo(*, seconds: float, users: int, days: int, seed: int) -> DemoStats:
     per_tick = max(1, -(-len(events) // ticks))
     started = time.monotonic()
     position = 0
-    with Live(_view(stats, ruleset.version, None), console=console, refresh_per_second=4) as live:
+    with Live(_view(stats, scorer, watched, None), console=console, refresh_per_second=4) as live:
         for tick in range(ticks):
             chunk = events[position : position + per_tick]
             position += len(chunk)
@@ -84,7 +94,7 @@ def run_demo(*, seconds: float, users: int, days: int, seed: int) -> DemoStats:
                 decision = scorer.score(event)
                 elapsed = (time.perf_counter_ns() - t0) / 1000.0
                 _record(stats, event, decision, elapsed, label_of)
-            live.update(_view(stats, ruleset.version, chunk[-1] if chunk else None))
+            live.update(_view(stats, scorer, watched, chunk[-1] if chunk else None))
             delay = started + (tick + 1) * seconds / ticks - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -122,7 +132,9 @@ def _entity(event: Event) -> str:
     return "-"
 
 
-def _view(stats: DemoStats, version: str, last: Event | None) -> Group:
+def _view(
+    stats: DemoStats, scorer: Scorer, watched: WatchedRuleset | None, last: Event | None
+) -> Group:
     clock = last.occurred_at.strftime("%Y-%m-%d %H:%M") if last is not None else "-"
     rate = stats.decided / stats.busy_s if stats.busy_s else 0.0
     head = Text.assemble(
@@ -135,7 +147,7 @@ def _view(stats: DemoStats, version: str, last: Event | None) -> Group:
         ("simulated clock ", "bold"),
         clock,
         ("   ruleset ", "bold"),
-        version,
+        scorer.engine.ruleset.version,
     )
     outcomes = Table.grid(padding=(0, 2))
     total = max(1, stats.decided)
@@ -160,12 +172,16 @@ def _view(stats: DemoStats, version: str, last: Event | None) -> Group:
             decision.explanation,
         )
     caught = f"attack episodes caught: {len(stats.caught)} of those started so far"
-    return Group(
+    parts: list[ConsoleRenderable] = [
         Panel(head, title="riskguard — live decisions"),
         Panel(outcomes, title="outcomes"),
         Panel(latest, title="latest challenged, reviewed and blocked"),
         Text(caught, style="bold"),
-    )
+    ]
+    if watched is not None and watched.last_error is not None:
+        error = f"rule pack edit rejected, previous ruleset still running:\n{watched.last_error}"
+        parts.append(Text(error, style="red"))
+    return Group(*parts)
 
 
 def _summary(console: Console, stats: DemoStats, total_events: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from riskguard.engine.decide import Engine
+from riskguard.engine.models import ModelScore
 from riskguard.engine.policy import Outcome
 from riskguard.engine.rules import RulePackError, load_ruleset, load_ruleset_text, pack_version
 from riskguard.rulefile import WatchedRuleset, default_pack_text, load_pack_file
@@ -231,3 +232,37 @@ def test_watched_file_reloads_and_keeps_the_last_good_ruleset(tmp_path: Path) ->
 
 def test_default_pack_text_is_the_shipped_file() -> None:
     assert "rules:" in default_pack_text()
+
+
+class ConstantModel:
+    """A real (if trivial) implementation of the model protocol."""
+
+    version = "m-test-1"
+    features = ("features.acct.count_5m", "data.amount")
+
+    def __init__(self, score: float) -> None:
+        self._score = score
+
+    def score(self, features: Any) -> ModelScore:
+        assert set(features) == set(self.features)
+        return ModelScore(self._score, {"data.amount": 0.7, "features.acct.count_5m": 0.1})
+
+
+def test_model_score_fuses_with_rules_and_is_explained() -> None:
+    rs = load_ruleset(pack())
+    alone = Engine(rs).decide("e", "transaction", env(5000.0))
+    assert alone.score == pytest.approx(0.6)
+    assert alone.model_version is None
+    with_model = Engine(rs, ConstantModel(0.6)).decide("e", "transaction", env(5000.0))
+    # Equal family weights renormalised over both families: 1 - sqrt(0.4 * 0.4) = 0.6.
+    assert with_model.score == pytest.approx(0.6)
+    assert with_model.model_version == "m-test-1"
+    model_reason = next(r for r in with_model.reasons if r.code == "MODEL_SCORE")
+    assert model_reason.source == "model"
+    assert "driven by data.amount" in model_reason.message
+    assert sum(r.contribution for r in with_model.reasons) == pytest.approx(with_model.score)
+    quiet = Engine(rs, ConstantModel(0.0)).decide("e", "transaction", env(5000.0))
+    assert quiet.score == pytest.approx(1 - 0.4**0.5)  # a calm model halves the rules' evidence
+    assert Engine(rs, ConstantModel(0.95)).decide("e", "transaction", env(5.0)).outcome >= (
+        Outcome.REVIEW
+    )

@@ -168,11 +168,14 @@ class Engine:
 
 
 def _reason(rule: CompiledRule, env: Mapping[str, Any], contribution: float) -> Reason:
+    value = env.get(rule.value_path) if rule.value_path is not None else None
+    if value.__class__ is float and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # counts are kept as floats in feature state; report 8, not 8.0
     return Reason(
         code=rule.reason,
         source="rule",
         message=rule.message(env),
-        value=env.get(rule.value_path) if rule.value_path is not None else None,
+        value=value,
         contribution=contribution,
         rule_id=rule.id,
         outcome=rule.outcome,
