@@ -29,7 +29,8 @@ def load_pack_file(path: str | Path | None) -> Ruleset:
     try:
         text = p.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RulePackError([PackIssue(str(p), f"cannot read the file: {exc}")]) from None
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise RulePackError([PackIssue("pack", f"cannot read the file: {reason}")]) from None
     return load_ruleset_text(text, source=p.name)
 
 

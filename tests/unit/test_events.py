@@ -97,6 +97,17 @@ def test_field_types_cover_every_data_field(model: Any, kind: str) -> None:
             "together",
         ),
         ({"type": "login", "data": {**GOOD["login"], "extra": 1}}, "data.extra", "unknown field"),
+        ({"type": "login", "data": {"user_id": "u", "success": "yes"}}, "data.success", "boolean"),
+        (
+            {"type": "transaction", "data": {**GOOD["transaction"], "amount": "12.5"}},
+            "data.amount",
+            "number",
+        ),
+        (
+            {"type": "api_call", "data": {**GOOD["api_call"], "request_bytes": "9"}},
+            "data.request_bytes",
+            "integer",
+        ),
         (
             {"type": "api_call", "data": {**GOOD["api_call"], "path": "no-slash"}},
             "data.path",

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -37,8 +38,8 @@ class _Model(BaseModel):
 
 class Geo(_Model):
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
-    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
-    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    lat: Annotated[float, Field(ge=-90, le=90, strict=True)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180, strict=True)] | None = None
 
     @model_validator(mode="after")
     def _lat_and_lon_together(self) -> Geo:
@@ -70,7 +71,8 @@ def _finite(v: float) -> float:
     return v
 
 
-Amount = Annotated[float, Field(gt=0, le=1e15)]
+# Numbers and booleans are strict: "12.5" or "yes" is a client bug to report, not to guess at.
+Amount = Annotated[float, Field(gt=0, le=1e15, strict=True)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
 
@@ -89,7 +91,7 @@ class TransactionData(_Model):
 
 class LoginData(_Model):
     user_id: Id
-    success: bool
+    success: StrictBool
     method: Annotated[str, Field(max_length=64)] | None = None
 
 
@@ -109,7 +111,7 @@ class ApiCallData(_Model):
     target: Id
     method: HttpMethod
     path: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^/")]
-    request_bytes: Annotated[int, Field(ge=0)] | None = None
+    request_bytes: Annotated[int, Field(ge=0, le=2**53, strict=True)] | None = None
 
 
 class _EventBase(_Model):
