@@ -119,6 +119,11 @@ def test_field_types_cover_every_data_field(model: Any, kind: str) -> None:
             "timezone",
         ),
         ({"type": "login", "data": GOOD["login"], "event_id": ""}, "event_id", "at least 1"),
+        (
+            {"type": "login", "data": GOOD["login"], "occurred_at": "1969-12-31T23:59:59Z"},
+            "occurred_at",
+            "between 1970",
+        ),
     ],
 )
 def test_invalid_events_name_the_field(event: dict[str, Any], field: str, fragment: str) -> None:

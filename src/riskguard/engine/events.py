@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -26,6 +27,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 EventType = Literal["transaction", "login", "session", "api_call"]
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 EVENT_TYPES: Final[tuple[str, ...]] = ("transaction", "login", "session", "api_call")
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -118,6 +121,14 @@ class _EventBase(_Model):
     event_id: Id
     occurred_at: AwareDatetime
     context: Context = Context()
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, v: datetime) -> datetime:
+        # Feature state keys time buckets on seconds since 1970; nothing real happens outside.
+        if not _EARLIEST <= v < _LATEST:
+            raise ValueError("must be between 1970-01-01 and 2200-01-01")
+        return v
 
     @property
     def ts(self) -> float:

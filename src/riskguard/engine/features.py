@@ -548,7 +548,8 @@ class GeoVelocity(FeatureKind):
             if lat is not None and lon is not None:
                 dist = haversine_km(prev_lat, prev_lon, lat, lon)
                 env[self._distance] = dist
-                env[self._speed] = dist / (max(ts - prev_ts, 60.0) / 3600.0)
+                # abs(): an event arriving late is still that far from the previous one in time.
+                env[self._speed] = dist / (max(abs(ts - prev_ts), 60.0) / 3600.0)
         if update and lat is not None and lon is not None and (prev_ts is None or ts >= prev_ts):
             state[0], state[1], state[2], state[3] = ts, lat, lon, country
 
