@@ -266,20 +266,16 @@ def load_ruleset_text(
 
 def _rule_schema(
     rule: RuleSpec, feature_set: FeatureSet, feature_types: Mapping[str, str]
-) -> Callable[[str], str | None]:
+) -> dict[str, str]:
     """Paths a rule may read: fields of any of its event types, and features computed for any
     of them (absent from a given event, either reads as null)."""
-    fields = union_schema(rule.events)
+    schema = union_schema(rule.events)
     wanted = set(rule.events)
     computed = {f.prefix for f in feature_set.features if wanted & set(f.spec.events)}
-
-    def lookup(path: str) -> str | None:
-        if path.startswith("features."):
-            prefix = path[: path.rindex(".") + 1]
-            return feature_types.get(path) if prefix in computed else None
-        return fields.get(path)
-
-    return lookup
+    for path, kind in feature_types.items():
+        if path[: path.rindex(".") + 1] in computed:
+            schema[path] = kind
+    return schema
 
 
 def _compile_rule(
@@ -299,10 +295,10 @@ def _compile_rule(
         return PackIssue(where, exc.message, exc.position, exc.expected)
     if expr.type is not ExprType.BOOL:
         return PackIssue(where, "the condition must be true or false", 0, "a boolean expression")
-    if rule.value is not None and schema(rule.value) is None:
+    if rule.value is not None and rule.value not in schema:
         return PackIssue(where, f"value {rule.value!r} is not a field or feature of its events")
     for name in _PLACEHOLDER.findall(rule.message):
-        if schema(name) is None:
+        if name not in schema:
             return PackIssue(where, f"message placeholder {{{name}}} is not a field or feature")
     return CompiledRule(
         id=rule.id,
