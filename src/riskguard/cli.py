@@ -15,7 +15,7 @@ import typer
 
 from riskguard.engine.decide import Decision, Engine
 from riskguard.engine.events import InvalidEventError, parse_event
-from riskguard.engine.rules import RulePackError, Ruleset
+from riskguard.engine.rules import RulePackError, Ruleset, load_ruleset_text
 from riskguard.engine.state import InMemoryStateStore
 from riskguard.rulefile import load_pack_file
 from riskguard.scoring import Scorer
@@ -61,8 +61,10 @@ def score(
     """Score events from a JSONL file and write one decision a line, in the same order."""
     ruleset = _load_pack(rules)
     scorer = Scorer(Engine(ruleset), InMemoryStateStore())
+    if out is not None and out.exists() and events.exists() and out.samefile(events):
+        raise _fail(f"--out {out} is the events file itself; refusing to overwrite it")
     try:
-        source = events.open("r", encoding="utf-8")
+        source = events.open("rb")  # bytes: a bad byte sequence rejects its line, not the run
     except OSError as exc:
         raise _fail(f"cannot read {events}: {exc.strerror}") from None
     try:
@@ -72,25 +74,19 @@ def score(
         raise _fail(f"cannot write {out}: {exc.strerror}") from None
     rejected = scored = 0
     try:
-        for number, line in enumerate(source, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = parse_event(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                problem = f"not valid JSON ({exc})"
-            except InvalidEventError as exc:
-                problem = str(exc)
-            else:
-                sink.write(json.dumps(decision_record(scorer.score(event))) + "\n")
+        for number, raw in enumerate(source, start=1):
+            problem = _score_line(scorer, raw, number == 1, sink)
+            if problem is None:
                 scored += 1
+                continue
+            if problem == "":
                 continue
             rejected += 1
             typer.echo(f"{events}:{number}: rejected: {problem}", err=True)
             if strict:
                 raise _fail(f"stopped at line {number} (--strict)", EXIT_PROBLEMS)
-    except UnicodeDecodeError as exc:
-        raise _fail(f"{events} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise _fail(f"cannot read {events}: {exc.strerror}") from None
     finally:
         source.close()
         if out is not None:
@@ -100,13 +96,41 @@ def score(
         raise typer.Exit(EXIT_PROBLEMS)
 
 
+def _score_line(scorer: Scorer, raw: bytes, first: bool, sink: TextIO) -> str | None:
+    """Score one input line; None when scored, "" when blank, else what is wrong with it."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if not line.strip():
+        return ""
+    try:
+        document = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc})"
+    except (RecursionError, ValueError) as exc:  # absurd nesting, integers beyond 4,300 digits
+        return f"not acceptable JSON ({type(exc).__name__})"
+    try:
+        event = parse_event(document)
+    except InvalidEventError as exc:
+        return str(exc)
+    sink.write(json.dumps(decision_record(scorer.score(event))) + "\n")
+    return None
+
+
 @rules_app.command("lint")
 def rules_lint(
     pack: Annotated[Path, typer.Argument(help="Rule pack to validate (YAML or JSON).")],
 ) -> None:
     """Validate a rule pack: every problem with its rule id, position and what was expected."""
     try:
-        ruleset = load_pack_file(pack)
+        text = pack.read_text("utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {pack}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _fail(f"{pack} is not UTF-8 text") from None
+    try:
+        ruleset = load_ruleset_text(text, source=pack.name)
     except RulePackError as exc:
         for issue in exc.issues:
             typer.echo(f"{pack}: {issue}", err=True)

@@ -84,10 +84,15 @@ class WatchedRuleset:
         self._stamp = stamp
         try:
             ruleset = load_pack_file(self.path)
-        except RulePackError as exc:
-            self.last_error = exc
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, RulePackError)
+                else RulePackError([PackIssue("pack", f"could not be loaded: {exc!r}")])
+            )
+            self.last_error = error
             if self.on_error is not None:
-                self.on_error(exc)
+                self.on_error(error)
             return False
         self.last_error = None
         if ruleset.version == self._ruleset.version:

@@ -147,3 +147,33 @@ def test_demo_with_a_broken_pack_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid rule pack" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_score_rejects_bad_lines_one_by_one(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    good = json.dumps(GOOD).encode()
+    second = json.dumps({**GOOD, "event_id": "p9"}).encode()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    events.write_bytes(b"\xef\xbb\xbf" + good + b"\n\xff\xfe bad\n" + deep + b"\n" + second + b"\n")
+    out = tmp_path / "d.jsonl"
+    result = run("score", str(events), "--out", str(out))
+    assert result.returncode == 1
+    assert "e.jsonl:2: rejected: not UTF-8 text" in result.stderr
+    assert "e.jsonl:3: rejected: not acceptable JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [json.loads(x)["event_id"] for x in out.read_text().splitlines()] == ["p1", "p9"]
+
+
+def test_score_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    events.write_text(json.dumps(GOOD) + "\n")
+    result = run("score", str(events), "--out", str(events))
+    assert result.returncode == 2
+    assert "refusing to overwrite" in result.stderr
+    assert json.loads(events.read_text())["event_id"] == "p1"
+
+
+def test_rules_lint_of_an_unreadable_file_exits_2(tmp_path: Path) -> None:
+    result = run("rules", "lint", str(tmp_path))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr

@@ -143,3 +143,24 @@ def test_event_types_are_the_contract() -> None:
     from riskguard.engine.events import EventType
 
     assert set(get_args(EventType)) == set(FIELD_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"),
+    [
+        ({"event_id": "a\x00b"}, "event_id", "pattern"),
+        ({"occurred_at": 1795256100}, "occurred_at", "RFC 3339"),
+    ],
+)
+def test_more_invalid_events(changes: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(InvalidEventError) as info:
+        parse_event({**BASE, "type": "login", "data": GOOD["login"], **changes})
+    issues = {i.field: i.message for i in info.value.issues}
+    assert fragment in issues[field]
+
+
+def test_nan_amount_is_reported_as_not_finite() -> None:
+    with pytest.raises(InvalidEventError, match="finite"):
+        parse_event(
+            {**BASE, "type": "transaction", "data": {**GOOD["transaction"], "amount": float("nan")}}
+        )

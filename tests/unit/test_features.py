@@ -369,3 +369,105 @@ def test_store_size_stays_bounded() -> None:
         }
         store.apply(fs.plan("transaction", env), T0 + i, env, env)
         assert len(store) <= 10
+
+
+def test_velocity_sum_keeps_small_amounts_after_a_huge_one_leaves() -> None:
+    s = Stream(features({**VELOCITY, "windows": ["1m"], "distinct": None}), "transaction")
+    s.send(T0, data__account_id="a", data__amount=1e15)
+    for i in range(6):
+        out = s.send(T0 + 200 + i, data__account_id="a", data__amount=0.1)
+    assert out["acct.sum_1m"] == pytest.approx(0.6)
+    assert out["acct.count_1m"] == 6
+
+
+def test_composite_keys_do_not_collide() -> None:
+    spec = {**NOVELTY, "entity": ["data.user_id"], "value": ["data.user_id", "context.device_id"]}
+    s = Stream(features(spec), "login")
+    s.send(T0, data__user_id="u", context__device_id="a|b")
+    assert s.send(T0 + 1, data__user_id="u", context__device_id="a|b")["dev.is_new"] is False
+    assert s.send(T0 + 2, data__user_id="u", context__device_id="a")["dev.is_new"] is True
+
+
+def test_numbers_do_not_collide_in_recent_values() -> None:
+    spec = {**NOVELTY, "events": ["api_call"], "entity": ["data.service_id"]}
+    spec["value"] = "data.request_bytes"
+    s = Stream(features(spec), "api_call")
+    s.send(T0, data__service_id="a", data__request_bytes=-1)
+    assert s.send(T0 + 1, data__service_id="a", data__request_bytes=-2)["dev.is_new"] is True
+
+
+def test_log_baseline_ignores_negative_values() -> None:
+    spec = {**BASELINE, "events": ["login"], "entity": ["data.user_id"]}
+    spec.update(value="context.geo.lon", transform="log")
+    s = Stream(features(spec), "login")
+    out = s.send(T0, data__user_id="u", context__geo__lon=-120.0, context__geo__lat=0.0)
+    assert out == {"amt.count": 0}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=500, allow_nan=False), st.integers(0, 7)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_novelty_matches_an_exact_lru_reference(steps: list[tuple[float, int]]) -> None:
+    """is_new / known / age_s equal a brute-force LRU of capacity 3 (the documented bound)."""
+    s = Stream(features(NOVELTY), "login")
+    lru: dict[str, float] = {}  # value -> first seen, in recency order
+    t = T0
+    for gap, n in steps:
+        t += gap
+        device = f"d{n}"
+        out = s.send(t, data__user_id="u", context__device_id=device)
+        assert out["dev.is_new"] is (device not in lru)
+        assert out["dev.known"] == len(lru)
+        if device in lru:
+            assert out["dev.age_s"] == pytest.approx(t - lru[device])
+        first = lru.pop(device, t)
+        lru[device] = first
+        if len(lru) > 3:
+            del lru[next(iter(lru))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.floats(min_value=0.01, max_value=1e6), min_size=6, max_size=40))
+def test_baseline_matches_exact_mean_and_variance_below_max_count(values: list[float]) -> None:
+    s = Stream(features({**BASELINE, "max_count": 100}), "transaction")
+    for i, v in enumerate(values):
+        out = s.send(T0 + i, data__account_id="a", data__amount=v)
+        seen = values[:i]
+        assert out["amt.count"] == len(seen)
+        if len(seen) >= 5:
+            mean = sum(seen) / len(seen)
+            var = sum((x - mean) ** 2 for x in seen) / len(seen)
+            assert out["amt.mean"] == pytest.approx(mean, rel=1e-9)
+            assert out["amt.std"] == pytest.approx(var**0.5, rel=1e-6, abs=1e-6 * mean)
+            z = (v - mean) / max(var**0.5, mean * 0.05)
+            assert out["amt.zscore"] == pytest.approx(z, rel=1e-6, abs=1e-6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(gaps=st.lists(st.integers(min_value=0, max_value=30 * 3600), min_size=1, max_size=50))
+def test_hour_profile_matches_a_brute_force_reference(gaps: list[int]) -> None:
+    """The profile holds exactly the events whose clock hour ended over an hour ago."""
+    spec = {"name": "hrs", "kind": "hour_profile", "events": ["login"], "entity": ["data.user_id"]}
+    s = Stream(features(spec), "login")
+    history: list[float] = []
+    t = T0
+    for gap in gaps:
+        t += gap
+        out = s.send(t, data__user_id="u", data__success=True)
+        now_hour = int(t // 3600)
+        settled = [h for h in history if int(h // 3600) < now_hour - 1]
+        hour = now_hour % 24
+        near = sum(
+            1 for h in settled if int(h // 3600) % 24 in {(hour - 1) % 24, hour, (hour + 1) % 24}
+        )
+        # Up to two clock hours are pending; a third distinct pending hour is folded in early.
+        pending_hours = {int(h // 3600) for h in history if int(h // 3600) >= now_hour - 1}
+        if len(pending_hours) <= 2:
+            assert out["hrs.total"] == len(settled)
+            assert out["hrs.hour_count"] == near
+        history.append(t)

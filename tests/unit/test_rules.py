@@ -172,7 +172,7 @@ def test_all_problems_are_reported_at_once() -> None:
 
 
 def test_yaml_errors_give_a_line() -> None:
-    with pytest.raises(RulePackError, match=r"p\.yaml line 3"):
+    with pytest.raises(RulePackError, match="line 3: not valid YAML"):
         load_ruleset_text("name: x\nrules: [\n", source="p.yaml")
     with pytest.raises(RulePackError, match="mapping"):
         load_ruleset_text("- 1\n")
@@ -266,3 +266,67 @@ def test_model_score_fuses_with_rules_and_is_explained() -> None:
     assert Engine(rs, ConstantModel(0.95)).decide("e", "transaction", env(5.0)).outcome >= (
         Outcome.REVIEW
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("name: x\nrules:\n  - !!binary aGVsbG8=\n", "only JSON values"),
+        ("name: x\nthresholds: !!set {a}\n", "only JSON values"),
+        ("name: x\ndescription: 2026-01-01\n", "only JSON values"),
+        ("name: x\nfusion: {rules: .nan}\n", "finite"),
+        (
+            "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+            "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+            "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+            "too large",
+        ),
+    ],
+)
+def test_packs_are_plain_bounded_json_data(text: str, fragment: str) -> None:
+    with pytest.raises(RulePackError, match=fragment):
+        load_ruleset_text(text)
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ("a { b", "literal braces"),
+        ("{data.amount:>10}", "must be a field path"),
+        ("{}", "field path"),
+    ],
+)
+def test_message_templates_are_checked_at_load(message: str, fragment: str) -> None:
+    doc = pack()
+    doc["rules"][0]["message"] = message
+    with pytest.raises(RulePackError, match=fragment):
+        load_ruleset(doc)
+
+
+def test_fusion_weights_must_be_finite() -> None:
+    with pytest.raises(RulePackError, match="fusion"):
+        load_ruleset(pack(fusion={"rules": float("inf")}))
+
+
+def test_a_model_without_an_answer_counts_as_absent() -> None:
+    d = Engine(load_ruleset(pack()), ConstantModel(float("nan"))).decide(
+        "e", "transaction", env(5000.0)
+    )
+    assert d.score == pytest.approx(0.6)  # the rules alone, not NaN
+    assert all(r.code != "MODEL_SCORE" for r in d.reasons)
+
+
+@pytest.mark.parametrize(
+    "bad_text",
+    ["rules: [oops\n", "name: x\nrules:\n  - {id: R, message: 'a { b'}\n", "x: !!set {a}\n"],
+)
+def test_watched_file_survives_any_bad_edit(tmp_path: Path, bad_text: str) -> None:
+    path = tmp_path / "pack.yaml"
+    path.write_text(yaml.safe_dump(pack()))
+    watched = WatchedRuleset(path, interval=0.0)
+    good = watched.ruleset.version
+    path.write_text(bad_text)
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert watched.refresh() is False
+    assert watched.ruleset.version == good
+    assert watched.last_error is not None

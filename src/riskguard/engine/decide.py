@@ -134,8 +134,10 @@ class Engine:
         model_contributions: Mapping[str, float] = {}
         if model is not None:
             result = model.score({path: env.get(path) for path in model.features})
-            model_score = min(max(result.score, 0.0), 1.0)
-            model_contributions = result.contributions
+            # A model that cannot say (NaN) is treated as absent, never as "no risk".
+            if result.score == result.score:
+                model_score = min(max(result.score, 0.0), 1.0)
+                model_contributions = result.contributions
 
         weighted = [r for r in fired if r.weight > 0.0]
         fused = fuse([r.weight for r in weighted], model_score, ruleset.fusion)

@@ -8,7 +8,6 @@ carry it. ``Event.fields()`` flattens an event into the dotted paths that rule e
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -31,7 +30,8 @@ _EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 EVENT_TYPES: Final[tuple[str, ...]] = ("transaction", "login", "session", "api_call")
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+# Ids carry no control characters (they become parts of state keys joined by one).
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 ShortText = Annotated[str, Field(max_length=256)]
 
 
@@ -41,8 +41,8 @@ class _Model(BaseModel):
 
 class Geo(_Model):
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
-    lat: Annotated[float, Field(ge=-90, le=90, strict=True)] | None = None
-    lon: Annotated[float, Field(ge=-180, le=180, strict=True)] | None = None
+    lat: Annotated[float, Field(ge=-90, le=90, strict=True, allow_inf_nan=False)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180, strict=True, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _lat_and_lon_together(self) -> Geo:
@@ -68,14 +68,8 @@ class Context(_Model):
             raise ValueError("must be an IPv4 or IPv6 address") from None
 
 
-def _finite(v: float) -> float:
-    if not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return v
-
-
 # Numbers and booleans are strict: "12.5" or "yes" is a client bug to report, not to guess at.
-Amount = Annotated[float, Field(gt=0, le=1e15, strict=True)]
+Amount = Annotated[float, Field(gt=0, le=1e15, strict=True, allow_inf_nan=False)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
 
@@ -88,8 +82,6 @@ class TransactionData(_Model):
     counterparty_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
     channel: Annotated[str, Field(max_length=64)] | None = None
     merchant_category: Annotated[str, Field(max_length=64)] | None = None
-
-    _amount_finite = field_validator("amount")(_finite)
 
 
 class LoginData(_Model):
@@ -121,6 +113,13 @@ class _EventBase(_Model):
     event_id: Id
     occurred_at: AwareDatetime
     context: Context = Context()
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _a_date_time_string(cls, v: Any) -> Any:
+        if not isinstance(v, str | datetime):
+            raise ValueError("must be an RFC 3339 date-time string")
+        return v
 
     @field_validator("occurred_at")
     @classmethod

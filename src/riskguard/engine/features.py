@@ -46,6 +46,8 @@ from riskguard.engine.expr import ExprError, FunctionRegistry, compile_expressio
 Env = dict[str, Any]
 EARTH_RADIUS_KM: Final = 6371.0088
 WINDOW_BUCKETS: Final = 12
+# Joins the parts of composite keys and values; ids cannot contain it (no control characters).
+KEY_SEPARATOR: Final = "\x1f"
 
 
 class FeatureConfigError(ValueError):
@@ -147,6 +149,11 @@ def new_recent_values() -> list[Any]:
     return [bytearray(), array("d")]
 
 
+def _digest(value: Any) -> bytes:
+    # Numbers hash through their text: hash(-1) == hash(-2) in CPython, repr() does not collide.
+    return _pack_hash(hash(value if value.__class__ is str else repr(value)))
+
+
 def _index(hashes: bytearray, digest: bytes) -> int:
     at = hashes.find(digest)
     while at > 0 and at % 8:  # a match straddling two entries: keep looking
@@ -156,7 +163,7 @@ def _index(hashes: bytearray, digest: bytes) -> int:
 
 def recent_time(state: list[Any], value: Any) -> float | None:
     """The time stored for ``value``, or None if the map does not hold it."""
-    index = _index(state[0], _pack_hash(hash(value)))
+    index = _index(state[0], _digest(value))
     return state[1][index] if index >= 0 else None
 
 
@@ -168,7 +175,7 @@ def see_recent(state: list[Any], value: Any, when: float, capacity: int, keep: s
     """
     hashes: bytearray = state[0]
     times: array[float] = state[1]
-    digest = _pack_hash(hash(value))
+    digest = _digest(value)
     index = _index(hashes, digest)
     previous = None
     if index >= 0:
@@ -285,13 +292,19 @@ class Velocity(FeatureKind):
                 if last < 0 or idx - last >= slots:
                     buckets[base + 1 : base + stride] = zeros
                 else:
+                    expired = False
                     for k in range(int(last) + 1, int(idx) + 1):
                         c = base + 3 + k % slots
                         if buckets[c]:
-                            buckets[base + 1] -= buckets[c]
-                            buckets[base + 2] -= buckets[c + slots]
                             buckets[c] = 0.0
                             buckets[c + slots] = 0.0
+                            expired = True
+                    if expired:
+                        # Re-add what is left rather than subtract what left: a large amount
+                        # leaving the window must not take the small ones' precision with it.
+                        first = base + 3
+                        buckets[base + 1] = sum(buckets[first : first + slots])
+                        buckets[base + 2] = sum(buckets[first + slots : first + 2 * slots])
                 buckets[base] = last = idx
             if update and idx > last - slots:
                 c = base + 3 + int(idx) % slots
@@ -368,7 +381,12 @@ class Baseline(FeatureKind):
         raw = fields.get(self.path)
         if raw is None:
             return
-        x = math.log1p(raw) if self.log else float(raw)
+        if self.log:
+            if raw < 0:
+                return  # the log scale is for sizes and amounts; a negative value is not counted
+            x = math.log1p(raw)
+        else:
+            x = float(raw)
         if n >= self.min_count:
             # A floor on the deviation keeps a perfectly regular history from turning a cent of
             # difference into an infinite z-score.
@@ -428,7 +446,7 @@ class HourProfile(FeatureKind):
         env[self._total] = int(total)
         env[self._count] = near
         env[self._share] = near / total if total else None
-        env[self._age] = ts - hours[29] if hours[29] >= 0 else 0.0
+        env[self._age] = max(ts - hours[29], 0.0) if hours[29] >= 0 else 0.0
         if not update:
             return
         if hours[29] < 0:
@@ -487,9 +505,9 @@ class Novelty(FeatureKind):
             value = fields.get(self.paths[0])
         else:
             parts = [fields.get(p) for p in self.paths]
-            value = None if None in parts else "|".join([str(p) for p in parts])
+            value = None if None in parts else KEY_SEPARATOR.join([str(p) for p in parts])
         env[self._known] = len(values[1])
-        env[self._entity_age] = ts - first_ts if first_ts is not None else 0.0
+        env[self._entity_age] = max(ts - first_ts, 0.0) if first_ts is not None else 0.0
         if value is None:
             return
         if update:
@@ -676,7 +694,7 @@ class FeatureSet:
                 parts = [get(path) for path in entity]
                 if None in parts:
                     continue
-                key = feature.key_prefix + "|".join([str(p) for p in parts])
+                key = feature.key_prefix + KEY_SEPARATOR.join([str(p) for p in parts])
             when = feature.when
             ops.append((key, feature, when is None or bool(when(fields))))
         return ops

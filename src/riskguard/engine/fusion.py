@@ -25,8 +25,8 @@ class FusionWeights:
     model: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rules <= 0 or self.model < 0:
-            raise ValueError("fusion weights: rules must be > 0 and model >= 0")
+        if not (0 < self.rules < math.inf and 0 <= self.model < math.inf):
+            raise ValueError("fusion weights: rules must be > 0 and model >= 0, both finite")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -123,7 +123,9 @@ class PackSpec(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
     thresholds: dict[str, ThresholdSpec] = Field(default_factory=dict)
-    fusion: dict[Literal["rules", "model"], float] = Field(default_factory=dict)
+    fusion: dict[Literal["rules", "model"], Annotated[float, Field(ge=0, allow_inf_nan=False)]] = (
+        Field(default_factory=dict)
+    )
     lists: dict[str, list[str]] = Field(default_factory=dict)
     features: list[FeatureSpec] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
@@ -179,17 +181,54 @@ def pack_version(document: Mapping[str, Any]) -> str:
     return "rs-" + hashlib.sha256(canonical_json(document).encode()).hexdigest()[:16]
 
 
+MAX_PACK_NODES = 200_000  # values in one pack document; far above any real pack
+
+
 def parse_pack_text(text: str, *, source: str = "pack") -> dict[str, Any]:
-    """Decode YAML or JSON text into a pack document; raises RulePackError."""
+    """Decode YAML or JSON text into a pack document; raises RulePackError.
+
+    Only JSON-compatible values are accepted (no YAML sets, binary, dates or other tags), so a
+    pack always has one canonical JSON form to hash, and a document is bounded in size (YAML
+    aliases cannot expand it past ``MAX_PACK_NODES`` values).
+    """
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{source} line {mark.line + 1}" if mark is not None else source
+        where = f"line {mark.line + 1}" if mark is not None else "pack"
         raise RulePackError([PackIssue(where, f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise RulePackError([PackIssue("pack", "nested too deeply")]) from None
     if not isinstance(document, dict):
-        raise RulePackError([PackIssue(source, "a pack must be a mapping")])
+        raise RulePackError([PackIssue("pack", "a pack must be a mapping")])
+    problem = _json_problem(document)
+    if problem is not None:
+        raise RulePackError([PackIssue("pack", problem)])
     return document
+
+
+def _json_problem(document: Any) -> str | None:
+    """Why ``document`` is not plain JSON data of a sane size, or None."""
+    stack = [(document, 0)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PACK_NODES or depth > 64:
+            return "too large or nested too deeply"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"keys must be strings, found {key!r}"
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                return "numbers must be finite"
+        elif not (value is None or isinstance(value, str | int | bool)):
+            return f"only JSON values are allowed, found a {type(value).__name__}"
+    return None
 
 
 def load_ruleset(
@@ -297,8 +336,11 @@ def _compile_rule(
         return PackIssue(where, "the condition must be true or false", 0, "a boolean expression")
     if rule.value is not None and rule.value not in schema:
         return PackIssue(where, f"value {rule.value!r} is not a field or feature of its events")
-    for name in _PLACEHOLDER.findall(rule.message):
-        if name not in schema:
+    parts = _message_parts(rule.message or rule.description)
+    if isinstance(parts, str):
+        return PackIssue(where, parts)
+    for _, name in parts:
+        if name is not None and name not in schema:
             return PackIssue(where, f"message placeholder {{{name}}} is not a field or feature")
     return CompiledRule(
         id=rule.id,
@@ -311,7 +353,7 @@ def _compile_rule(
         shadow=rule.mode == "shadow",
         condition=expr.fn,
         value_path=rule.value,
-        message=_message_template(rule.message or rule.description),
+        message=_message_template(parts),
         tags=rule.tags,
     )
 
@@ -329,20 +371,39 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _message_template(text: str) -> Callable[[Mapping[str, Any]], str]:
-    if "{" not in text:
+def _message_parts(text: str) -> list[tuple[str, str | None]] | str:
+    """A message template as (literal, placeholder) pairs, or why it is not a valid one.
+
+    ``{path}`` is replaced by that field's or feature's value; ``{{`` and ``}}`` are braces.
+    """
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        return f"message: {exc} (write {{{{ and }}}} for literal braces)"
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None and (
+            not _PLACEHOLDER.fullmatch("{" + name + "}") or spec or conversion
+        ):
+            shown = name + (":" + spec if spec else "")
+            return f"message placeholder {{{shown}}} must be a field path"
+        parts.append((literal, name))
+    return parts
+
+
+def _message_template(parts: list[tuple[str, str | None]]) -> Callable[[Mapping[str, Any]], str]:
+    if all(name is None for _, name in parts):
+        text = "".join(literal for literal, _ in parts)
         return lambda env: text
-    formatter = string.Formatter()
-    parts = list(formatter.parse(text.replace("{{", "\x00").replace("}}", "\x01")))
 
     def render(env: Mapping[str, Any]) -> str:
         out = []
-        for literal, name, _spec, _conv in parts:
+        for literal, name in parts:
             out.append(literal)
             if name is not None:
                 value = env.get(name)
                 out.append(format_value(value) if value is not None else "unknown")
-        return "".join(out).replace("\x00", "{").replace("\x01", "}")
+        return "".join(out)
 
     return render
 
