@@ -292,19 +292,20 @@ class Velocity(FeatureKind):
                 if last < 0 or idx - last >= slots:
                     buckets[base + 1 : base + stride] = zeros
                 else:
-                    expired = False
+                    expired_sum = False
                     for k in range(int(last) + 1, int(idx) + 1):
                         c = base + 3 + k % slots
                         if buckets[c]:
+                            buckets[base + 1] -= buckets[c]  # counts are whole: exact
                             buckets[c] = 0.0
-                            buckets[c + slots] = 0.0
-                            expired = True
-                    if expired:
-                        # Re-add what is left rather than subtract what left: a large amount
-                        # leaving the window must not take the small ones' precision with it.
-                        first = base + 3
-                        buckets[base + 1] = sum(buckets[first : first + slots])
-                        buckets[base + 2] = sum(buckets[first + slots : first + 2 * slots])
+                            if buckets[c + slots]:
+                                buckets[c + slots] = 0.0
+                                expired_sum = True
+                    if expired_sum:
+                        # Re-add the amounts left rather than subtract those that left: a large
+                        # amount leaving must not take the small ones' precision with it.
+                        first = base + 3 + slots
+                        buckets[base + 2] = sum(buckets[first : first + slots])
                 buckets[base] = last = idx
             if update and idx > last - slots:
                 c = base + 3 + int(idx) % slots
