@@ -24,14 +24,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from riskguard.cli import labels_path_for
 from riskguard.engine.decide import Engine
 from riskguard.engine.events import parse_event
 from riskguard.engine.policy import Outcome
 from riskguard.engine.state import InMemoryStateStore
 from riskguard.rulefile import load_pack_file
 from riskguard.scoring import Scorer
-from riskguard.simulate import simulate
+from riskguard.simulate import labels_path_for, simulate
 
 TARGET_EPISODES = 0.95
 TARGET_BENIGN_NOT_ALLOWED = 0.01

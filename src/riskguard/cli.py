@@ -151,8 +151,8 @@ def simulate(
     seed: Annotated[int, typer.Option()] = 1,
 ) -> None:
     """Write a labelled synthetic stream: benign behaviour and attacks (labels beside it)."""
+    from riskguard.simulate import labels_path_for, write_jsonl
     from riskguard.simulate import simulate as generate
-    from riskguard.simulate import write_jsonl
 
     events, labels = generate(days=days, users=users, seed=seed)
     labels_path = labels_path_for(out)
@@ -162,13 +162,6 @@ def simulate(
     except OSError as exc:
         raise _fail(f"cannot write {exc.filename}: {exc.strerror}") from None
     typer.echo(f"wrote {len(events)} events to {out} and {len(labels)} labels to {labels_path}")
-
-
-def labels_path_for(events_path: Path) -> Path:
-    """Where the labels of a simulated events file live: ``X.jsonl`` → ``X.labels.jsonl``."""
-    name = events_path.name
-    stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
-    return events_path.with_name(stem + ".labels.jsonl")
 
 
 @app.command()

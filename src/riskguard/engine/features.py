@@ -654,12 +654,16 @@ class Feature:
     kind: FeatureKind
     entity: tuple[str, ...]
     when: Callable[[Mapping[str, Any]], Any] | None
-    prefix: str  # "features.<name>." — where its outputs live in the environment
     key_prefix: str  # "<name>|" — the start of its state keys
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def prefix(self) -> str:
+        """``features.<name>.`` — where its outputs live in the environment."""
+        return self.kind.prefix
 
 
 FeatureOp = tuple[str, Feature, bool]
@@ -724,7 +728,6 @@ def build_features(
                 kind=_KINDS[spec.kind](spec),
                 entity=spec.entity,
                 when=when,
-                prefix=f"features.{spec.name}.",
                 key_prefix=spec.name + "|",
             )
         )
