@@ -30,6 +30,8 @@ Error bounds of the approximations (checked by property tests against exact refe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import struct
 from array import array
@@ -654,7 +656,7 @@ class Feature:
     kind: FeatureKind
     entity: tuple[str, ...]
     when: Callable[[Mapping[str, Any]], Any] | None
-    key_prefix: str  # "<name>|" — the start of its state keys
+    key_prefix: str  # "<name>@<fingerprint>|" — the start of its state keys
 
     @property
     def name(self) -> str:
@@ -705,6 +707,19 @@ class FeatureSet:
         return ops
 
 
+def state_fingerprint(spec: FeatureSpec) -> str:
+    """8 hex digits naming what a feature's state means: its spec without the description.
+
+    State keys carry it, so publishing a pack that changes a feature (a window, a filter, the
+    entity) starts that feature afresh instead of reading state built under the old definition,
+    while unchanged features keep theirs.
+    """
+    body = json.dumps(
+        spec.model_dump(mode="json", exclude={"description"}), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
 def build_features(
     specs: Sequence[FeatureSpec],
     functions: FunctionRegistry,
@@ -728,7 +743,7 @@ def build_features(
                 kind=_KINDS[spec.kind](spec),
                 entity=spec.entity,
                 when=when,
-                key_prefix=spec.name + "|",
+                key_prefix=f"{spec.name}@{state_fingerprint(spec)}|",
             )
         )
     by_type = {t: tuple(f for f in features if t in f.spec.events) for t in EVENT_TYPES}
