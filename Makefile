@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 12
 
-.PHONY: demo test check lint typecheck bench eval services clean
+.PHONY: demo test check lint typecheck bench bench-http eval services clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+bench-http: $(STAMP) services
+	$(BIN)/python bench/http.py
 
 eval: $(STAMP)
 	$(BIN)/python bench/detection.py --seeds 1 2 3 4 5

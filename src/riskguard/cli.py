@@ -1,4 +1,4 @@
-"""The ``riskguard`` command line: score, rules lint, simulate, demo.
+"""The ``riskguard`` command line: serve, tenants, keys, db, score, rules lint, simulate, demo.
 
 Exit codes: 0 success; 1 the command ran but found problems (rejected lines, lint issues);
 2 the command could not run (bad arguments, unreadable files, an invalid pack).
@@ -29,6 +29,12 @@ app = typer.Typer(
 )
 rules_app = typer.Typer(help="Rule packs.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+tenants_app = typer.Typer(help="Tenants (each with its own decisions, rules and state).")
+app.add_typer(tenants_app, name="tenants")
+keys_app = typer.Typer(help="API keys (printed once, stored hashed).")
+app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The database schema.")
+app.add_typer(db_app, name="db")
 
 EXIT_PROBLEMS = 1
 EXIT_UNUSABLE = 2
@@ -171,15 +177,157 @@ def demo(
     days: Annotated[int, typer.Option(min=3, max=60)] = 5,
     seed: Annotated[int, typer.Option()] = 7,
     rules: Annotated[
-        Path | None, typer.Option(help="Rule pack to watch: saved edits apply live.")
+        Path | None, typer.Option(help="Rule pack to publish and watch: saved edits apply live.")
     ] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")] = 8000,
 ) -> None:
-    """Simulate traffic through the engine and show the decisions live, then a summary."""
+    """Start the service on the embedded default, feed it simulated traffic, show it live."""
     from riskguard.demo import run_demo
 
     if rules is not None:
         _load_pack(rules)  # a pack that does not load is an error before the demo starts
-    run_demo(seconds=seconds, users=users, days=days, seed=seed, rules=rules)
+    try:
+        run_demo(seconds=seconds, users=users, days=days, seed=seed, rules=rules, port=port)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _settings() -> Any:
+    from riskguard.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise _fail(f"invalid settings: {exc}") from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help="Processes.")] = None,
+) -> None:
+    """Run the HTTP service (configured by RISKGUARD_* environment variables)."""
+    import os
+
+    import uvicorn
+
+    settings = _settings()
+    workers = workers or settings.workers
+    if workers > 1 and settings.redis_url is None:
+        raise _fail("several workers need shared state: set RISKGUARD_REDIS_URL")
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        typer.echo("riskguard: note: several workers share one SQLite file", err=True)
+    if settings.auto_migrate:
+        from riskguard.adapters.sql.migrate import upgrade
+
+        try:
+            upgrade(settings.database_url)
+        except Exception as exc:
+            raise _fail(f"cannot migrate the database: {type(exc).__name__}") from None
+        os.environ["RISKGUARD_AUTO_MIGRATE"] = "false"  # done once here, not per worker
+    uvicorn.run(
+        "riskguard.wiring:app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to RISKGUARD_DATABASE_URL (or the embedded SQLite file)."""
+    from riskguard.adapters.sql.migrate import upgrade
+    from riskguard.adapters.sql.urls import redact
+
+    settings = _settings()
+    try:
+        revision = upgrade(settings.database_url)
+    except Exception as exc:
+        raise _fail(
+            f"cannot migrate {redact(settings.database_url)}: {type(exc).__name__}"
+        ) from None
+    typer.echo(f"database {redact(settings.database_url)} is at revision {revision}")
+
+
+def _run_with_store(work: Any) -> Any:
+    import asyncio
+
+    from riskguard.adapters.sql.migrate import upgrade
+    from riskguard.adapters.sql.store import SqlDecisionStore
+    from riskguard.ports import DependencyUnavailable
+
+    settings = _settings()
+
+    async def run() -> Any:
+        store = SqlDecisionStore(settings.database_url)
+        await store.start()
+        try:
+            return await work(store, settings)
+        finally:
+            await store.close()
+
+    try:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        return asyncio.run(run())
+    except DependencyUnavailable as exc:
+        raise _fail(f"the database is unavailable: {exc}") from None
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: Annotated[str, typer.Argument(help="A unique name.")],
+) -> None:
+    """Create a tenant with the default rule pack as its first published ruleset."""
+    from riskguard.services.auth import create_tenant
+    from riskguard.services.rules import EngineCache, RulesService
+
+    async def work(store: Any, _settings: Any) -> Any:
+        tenant = await create_tenant(store, name)
+        version = await RulesService(store, EngineCache(store)).bootstrap(tenant.id)
+        return tenant, version
+
+    try:
+        tenant, version = _run_with_store(work)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"tenant {tenant.id} ({tenant.name}) created, ruleset {version.version} active")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
+    role: Annotated[str, typer.Option(help="ingest | admin | read")],
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from riskguard.ports import ROLES
+    from riskguard.services.auth import new_key
+
+    if role not in ROLES:
+        raise _fail(f"--role must be one of {', '.join(ROLES)}")
+
+    async def work(store: Any, settings: Any) -> Any:
+        found = await store.find_tenant(tenant)
+        if found is None:
+            raise _fail(f"no tenant {tenant!r}")
+        row, plaintext = new_key(found.id, role, settings.secret)
+        await store.create_key(row)
+        return found, row, plaintext
+
+    found, row, plaintext = _run_with_store(work)
+    typer.echo(
+        f"key {row.key_id} ({role}) for tenant {found.id} ({found.name}) — shown once:", err=True
+    )
+    typer.echo(plaintext)
 
 
 def main() -> None:

@@ -1,161 +1,328 @@
-"""``riskguard demo``: simulated traffic through the engine, shown live in the terminal.
+"""``riskguard demo``: the service on the embedded default, fed simulated traffic, shown live.
 
-The stream comes from the simulator (benign behaviour with labelled attacks), is scored by the
-default pack on in-memory state, and is paced so the run lasts the requested seconds. The view
-shows decisions per outcome, the latest challenged/reviewed/blocked events with their
-explanation, throughput and latency, and how many attack episodes were caught so far.
+The demo starts ``riskguard serve`` in-process at http://127.0.0.1:8000 on a fresh SQLite file
+(``.riskguard-demo/demo.db``) with in-memory state, creates a ``demo`` tenant with an admin and
+an ingest key (printed, so the API can be tried while it runs), and posts the simulator's stream
+(benign behaviour with labelled attacks) to ``POST /v1/decisions`` over real HTTP, paced so the
+run lasts the requested seconds. The live view shows decisions per outcome, the latest
+challenged/reviewed/blocked events with their explanation, throughput and latency as the client
+sees them, and how many attack episodes were caught so far. With ``--rules``, the pack file is
+published to the tenant through the rules API at the start and again whenever it is saved; a bad
+edit is refused by the API (shown) and the previous version keeps running.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console, ConsoleRenderable, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from riskguard.engine.decide import Decision, Engine
-from riskguard.engine.events import Event, parse_event
-from riskguard.engine.policy import Outcome
-from riskguard.engine.state import InMemoryStateStore
-from riskguard.rulefile import WatchedRuleset, load_pack_file
-from riskguard.scoring import Scorer
+from riskguard.engine.rules import RulePackError, parse_pack_text
 from riskguard.simulate import simulate
 
 _STYLE = {
-    Outcome.ALLOW: "green",
-    Outcome.CHALLENGE: "yellow",
-    Outcome.REVIEW: "dark_orange",
-    Outcome.BLOCK: "bold red",
+    "allow": "green",
+    "challenge": "yellow",
+    "review": "dark_orange",
+    "block": "bold red",
 }
-_ENTITY_FIELDS = ("data.account_id", "data.user_id", "data.service_id")
+_OUTCOMES = ("allow", "challenge", "review", "block")
+_ENTITY_FIELDS = ("account_id", "user_id", "service_id")
+DEMO_DIR = Path(".riskguard-demo")
+CONCURRENCY = 16
 
 
 @dataclass
 class DemoStats:
     """What the live view and the summary show."""
 
-    outcomes: Counter[Outcome] = field(default_factory=Counter)
-    latest: deque[tuple[Event, Decision]] = field(default_factory=lambda: deque(maxlen=8))
-    latencies_us: list[float] = field(default_factory=list)
-    busy_s: float = 0.0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latest: deque[tuple[dict[str, Any], dict[str, Any]]] = field(
+        default_factory=lambda: deque(maxlen=8)
+    )
+    latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
     episodes: dict[str, str] = field(default_factory=dict)  # episode -> attack type
     caught: set[str] = field(default_factory=set)
     benign: int = 0
     benign_flagged: int = 0
+    errors: int = 0
+    ruleset: str = "-"
+    rules_error: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def decided(self) -> int:
         return sum(self.outcomes.values())
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies_us:
+    @staticmethod
+    def percentile(values: list[float], q: float) -> float:
+        if not values:
             return 0.0
-        ordered = sorted(self.latencies_us)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_demo(
-    *, seconds: float, users: int, days: int, seed: int, rules: Path | None = None
-) -> DemoStats:
-    """Run the live demo for ``seconds`` and print a summary; returns the figures shown.
+class _Server:
+    """uvicorn in a background thread, stopped on exit."""
 
-    With ``rules``, the pack file is watched: save an edit while the demo runs and the next
-    events are decided by the new ruleset (a bad edit keeps the previous one and is shown).
-    """
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="error", access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start (is the port in use?)")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _setup(database_url: str, secret: bytes) -> tuple[str, str, str]:
+    """A fresh demo database with a tenant and two keys: (tenant id, admin key, ingest key)."""
+    from riskguard.adapters.sql.migrate import upgrade
+    from riskguard.adapters.sql.store import SqlDecisionStore
+    from riskguard.wiring import provision
+
+    upgrade(database_url)
+
+    async def work() -> tuple[str, str, str]:
+        store = SqlDecisionStore(database_url)
+        await store.start()
+        try:
+            tenant_id, keys = await provision(store, secret, "demo")
+            return tenant_id, keys["admin"], keys["ingest"]
+        finally:
+            await store.close()
+
+    return asyncio.run(work())
+
+
+def run_demo(
+    *,
+    seconds: float,
+    users: int,
+    days: int,
+    seed: int,
+    rules: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> DemoStats:
+    """Run the live demo for ``seconds`` and print a summary; returns the figures shown."""
+    from riskguard.settings import load_settings
+    from riskguard.wiring import Container, configure_logging
+
     console = Console()
     console.print(f"[bold]riskguard demo[/] — simulating {days} days of {users} users ...")
     raw_events, labels = simulate(days=days, users=users, seed=seed)
     label_of = {row["event_id"]: row for row in labels}
-    events = [parse_event(e) for e in raw_events]
-    watched = WatchedRuleset(rules) if rules is not None else None
-    scorer = Scorer(
-        watched.engine if watched is not None else Engine(load_pack_file(None)),
-        InMemoryStateStore(),
+
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir(parents=True)
+    database_url = f"sqlite+aiosqlite:///{(DEMO_DIR / 'demo.db').resolve()}"
+    settings = load_settings(
+        env="development",
+        database_url=database_url,
+        redis_url=None,
+        host=host,
+        port=port,
+        access_log=False,
+        auto_migrate=False,
+        log_level="error",
     )
+    tenant_id, admin_key, ingest_key = _setup(database_url, settings.secret)
+    base = f"http://{host}:{port}"
+    console.print(
+        f"service: [bold]{base}[/] (OpenAPI at {base}/docs) — tenant [bold]{tenant_id}[/]\n"
+        f"admin key:  {admin_key}\ningest key: {ingest_key}\n"
+        f"try: curl -H 'Authorization: Bearer {admin_key}' {base}/v1/decisions?limit=1"
+    )
+    configure_logging(settings, stream=open(os.devnull, "w"))  # noqa: SIM115 - process-long
+    from riskguard.adapters.http.app import create_app
+
+    app = create_app(Container(settings))
     stats = DemoStats()
     stats.episodes = {row["episode"]: row["attack"] for row in labels}
-
-    ticks = max(1, int(seconds * 4))
-    per_tick = max(1, -(-len(events) // ticks))
-    started = time.monotonic()
-    position = 0
-    with Live(_view(stats, scorer, watched, None), console=console, refresh_per_second=4) as live:
-        for tick in range(ticks):
-            chunk = events[position : position + per_tick]
-            position += len(chunk)
-            for event in chunk:
-                t0 = time.perf_counter_ns()
-                decision = scorer.score(event)
-                elapsed = (time.perf_counter_ns() - t0) / 1000.0
-                _record(stats, event, decision, elapsed, label_of)
-            live.update(_view(stats, scorer, watched, chunk[-1] if chunk else None))
-            delay = started + (tick + 1) * seconds / ticks - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+    with _Server(app, host, port):
+        asyncio.run(
+            _feed(base, admin_key, ingest_key, raw_events, label_of, stats, seconds, rules, console)
+        )
     console.print()
-    _summary(console, stats, len(events))
+    _summary(console, stats, len(raw_events))
     return stats
+
+
+async def _publish(client: httpx.AsyncClient, path: Path, stats: DemoStats) -> None:
+    try:
+        document = parse_pack_text(path.read_text("utf-8"), source=path.name)
+    except (OSError, UnicodeDecodeError, RulePackError) as exc:
+        stats.rules_error = str(exc)
+        return
+    response = await client.put("/v1/rulesets/draft", json=document)
+    if response.status_code != 200:
+        problem = response.json()
+        details = "; ".join(e["message"] for e in problem.get("errors", [])[:3])
+        stats.rules_error = f"{problem.get('detail')}: {details}"
+        return
+    response = await client.post("/v1/rulesets", json={"comment": f"demo: {path.name}"})
+    response.raise_for_status()
+    stats.ruleset = response.json()["version"]
+    stats.rules_error = None
+
+
+async def _feed(
+    base: str,
+    admin_key: str,
+    ingest_key: str,
+    events: list[dict[str, Any]],
+    label_of: dict[str, dict[str, str]],
+    stats: DemoStats,
+    seconds: float,
+    rules: Path | None,
+    console: Console,
+) -> None:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    admin = httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
+    )
+    ingest = httpx.AsyncClient(
+        base_url=base,
+        headers={"Authorization": f"Bearer {ingest_key}"},
+        timeout=10,
+        limits=limits,
+    )
+    watched_mtime = 0.0
+    async with admin, ingest:
+        if rules is not None:
+            await _publish(admin, rules, stats)
+            watched_mtime = rules.stat().st_mtime if rules.exists() else 0.0
+        ticks = max(1, int(seconds * 4))
+        per_tick = max(1, -(-len(events) // ticks))
+        started = time.monotonic()
+        position = 0
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=CONCURRENCY * 4)
+
+        async def worker() -> None:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    response = await ingest.post("/v1/decisions", json=event)
+                except httpx.HTTPError:
+                    stats.errors += 1
+                    continue
+                elapsed = (time.perf_counter() - t0) * 1000.0
+                if response.status_code != 200:
+                    stats.errors += 1
+                    continue
+                _record(stats, event, response.json(), elapsed, label_of)
+
+        workers = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+        with Live(_view(stats, None), console=console, refresh_per_second=4) as live:
+            for tick in range(ticks):
+                if time.monotonic() - started > seconds:
+                    break
+                chunk = events[position : position + per_tick]
+                position += len(chunk)
+                for event in chunk:
+                    if time.monotonic() - started > seconds:
+                        break
+                    await queue.put(event)
+                live.update(_view(stats, chunk[-1] if chunk else None))
+                if rules is not None and rules.exists():
+                    mtime = rules.stat().st_mtime
+                    if mtime != watched_mtime:
+                        watched_mtime = mtime
+                        await _publish(admin, rules, stats)
+                delay = started + (tick + 1) * seconds / ticks - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+            live.update(_view(stats, None))
 
 
 def _record(
     stats: DemoStats,
-    event: Event,
-    decision: Decision,
-    elapsed_us: float,
+    event: dict[str, Any],
+    answer: dict[str, Any],
+    elapsed_ms: float,
     label_of: dict[str, dict[str, str]],
 ) -> None:
-    stats.outcomes[decision.outcome] += 1
-    stats.latencies_us.append(elapsed_us)
-    stats.busy_s += elapsed_us / 1e6
-    label = label_of.get(event.event_id)
-    flagged = decision.outcome is not Outcome.ALLOW
+    outcome = answer["outcome"]
+    stats.outcomes[outcome] += 1
+    stats.latencies_ms.append(elapsed_ms)
+    stats.server_ms.append(float(answer.get("latency_ms", 0.0)))
+    stats.ruleset = answer.get("ruleset_version", stats.ruleset)
+    label = label_of.get(event["event_id"])
+    flagged = outcome != "allow"
     if label is None:
         stats.benign += 1
         stats.benign_flagged += flagged
     elif flagged:
         stats.caught.add(label["episode"])
     if flagged:
-        stats.latest.appendleft((event, decision))
+        stats.latest.appendleft((event, answer))
 
 
-def _entity(event: Event) -> str:
-    fields = event.fields()
-    for path in _ENTITY_FIELDS:
-        if path in fields:
-            return str(fields[path])
+def _entity(event: dict[str, Any]) -> str:
+    data = event.get("data", {})
+    for name in _ENTITY_FIELDS:
+        if name in data:
+            return str(data[name])
     return "-"
 
 
-def _view(
-    stats: DemoStats, scorer: Scorer, watched: WatchedRuleset | None, last: Event | None
-) -> Group:
-    clock = last.occurred_at.strftime("%Y-%m-%d %H:%M") if last is not None else "-"
-    rate = stats.decided / stats.busy_s if stats.busy_s else 0.0
+def _view(stats: DemoStats, last: dict[str, Any] | None) -> Group:
+    clock = str(last["occurred_at"])[:16].replace("T", " ") if last is not None else "-"
+    elapsed = max(1e-9, time.monotonic() - stats.started)
     head = Text.assemble(
         ("decisions ", "bold"),
         f"{stats.decided:,}   ",
-        ("engine ", "bold"),
-        f"{rate:,.0f}/s on one core   ",
+        ("over HTTP ", "bold"),
+        f"{stats.decided / elapsed:,.0f}/s   ",
         ("p50/p99 ", "bold"),
-        f"{stats.percentile(0.5):.0f}/{stats.percentile(0.99):.0f} µs   ",
+        f"{stats.percentile(stats.latencies_ms, 0.5):.1f}/"
+        f"{stats.percentile(stats.latencies_ms, 0.99):.1f} ms   ",
         ("simulated clock ", "bold"),
         clock,
         ("   ruleset ", "bold"),
-        scorer.engine.ruleset.version,
+        stats.ruleset,
     )
     outcomes = Table.grid(padding=(0, 2))
     total = max(1, stats.decided)
-    for outcome in Outcome:
+    for outcome in _OUTCOMES:
         n = stats.outcomes[outcome]
         bar = "█" * max(0, round(40 * n / total)) if n else ""
         outcomes.add_row(
-            Text(outcome.label, style=_STYLE[outcome]), f"{n:>8,}", Text(bar, style=_STYLE[outcome])
+            Text(outcome, style=_STYLE[outcome]), f"{n:>8,}", Text(bar, style=_STYLE[outcome])
         )
     latest = Table(expand=True, show_lines=False)
     latest.add_column("time", no_wrap=True)
@@ -163,23 +330,23 @@ def _view(
     latest.add_column("entity", no_wrap=True)
     latest.add_column("outcome", no_wrap=True)
     latest.add_column("why")
-    for event, decision in stats.latest:
+    for event, answer in stats.latest:
         latest.add_row(
-            event.occurred_at.strftime("%m-%d %H:%M:%S"),
-            decision.event_type,
+            str(event["occurred_at"])[5:19].replace("T", " "),
+            answer["type"],
             _entity(event),
-            Text(decision.outcome.label, style=_STYLE[decision.outcome]),
-            decision.explanation,
+            Text(answer["outcome"], style=_STYLE[answer["outcome"]]),
+            answer["explanation"],
         )
     caught = f"attack episodes caught: {len(stats.caught)} of those started so far"
     parts: list[ConsoleRenderable] = [
-        Panel(head, title="riskguard — live decisions"),
+        Panel(head, title="riskguard — live decisions (http://127.0.0.1:8000)"),
         Panel(outcomes, title="outcomes"),
         Panel(latest, title="latest challenged, reviewed and blocked"),
         Text(caught, style="bold"),
     ]
-    if watched is not None and watched.last_error is not None:
-        error = f"rule pack edit rejected, previous ruleset still running:\n{watched.last_error}"
+    if stats.rules_error is not None:
+        error = f"rule pack edit rejected, previous ruleset still running:\n{stats.rules_error}"
         parts.append(Text(error, style="red"))
     return Group(*parts)
 
@@ -188,15 +355,24 @@ def _summary(console: Console, stats: DemoStats, total_events: int) -> None:
     table = Table(title="summary")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("events decided", f"{stats.decided:,} of {total_events:,}")
-    for outcome in Outcome:
-        table.add_row(f"  {outcome.label}", f"{stats.outcomes[outcome]:,}")
-    rate = stats.decided / stats.busy_s if stats.busy_s else 0.0
-    table.add_row("engine throughput (one core)", f"{rate:,.0f} decisions/s")
+    table.add_row("events decided over HTTP", f"{stats.decided:,} of {total_events:,}")
+    for outcome in _OUTCOMES:
+        table.add_row(f"  {outcome}", f"{stats.outcomes[outcome]:,}")
+    table.add_row("requests refused or failed", f"{stats.errors:,}")
+    elapsed = max(1e-9, time.monotonic() - stats.started)
+    table.add_row("throughput (client view)", f"{stats.decided / elapsed:,.0f} decisions/s")
     table.add_row(
-        "latency p50 / p99", f"{stats.percentile(0.5):.0f} / {stats.percentile(0.99):.0f} µs"
+        "round trip p50 / p99",
+        f"{stats.percentile(stats.latencies_ms, 0.5):.1f} / "
+        f"{stats.percentile(stats.latencies_ms, 0.99):.1f} ms",
+    )
+    table.add_row(
+        "server decision p50 / p99",
+        f"{stats.percentile(stats.server_ms, 0.5):.2f} / "
+        f"{stats.percentile(stats.server_ms, 0.99):.2f} ms",
     )
     table.add_row("attack episodes caught", f"{len(stats.caught)} of {len(stats.episodes)}")
     share = stats.benign_flagged / stats.benign if stats.benign else 0.0
     table.add_row("benign events not allowed", f"{stats.benign_flagged:,} ({share:.2%})")
+    table.add_row("ruleset", stats.ruleset)
     console.print(table)

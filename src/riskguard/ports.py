@@ -13,6 +13,8 @@ Implementations are built from settings in ``riskguard.wiring`` only.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -160,6 +162,10 @@ class DecisionStore(Protocol):
 
     dialect: str  # "sqlite" | "postgresql"
 
+    async def start(self) -> None:
+        """Connect and start the group-commit writer."""
+        ...
+
     async def record(self, record: DecisionRecord) -> bool:
         """Store durably (returns after the commit). False if the tenant already has this
         event id (nothing written). Raises :class:`DependencyUnavailable`."""
@@ -171,7 +177,7 @@ class DecisionStore(Protocol):
 
     async def list(
         self, tenant_id: str, query: DecisionQuery
-    ) -> tuple[list[DecisionRecord], str | None]:
+    ) -> tuple[builtins.list[DecisionRecord], str | None]:
         """A page, newest first (occurred_at, then decision id), and the next page's cursor."""
         ...
 
@@ -201,7 +207,7 @@ class DecisionStore(Protocol):
 
     async def get_version(self, tenant_id: str, version: str) -> RulesetVersion | None: ...
 
-    async def list_versions(self, tenant_id: str) -> list[RulesetVersion]: ...
+    async def list_versions(self, tenant_id: str) -> builtins.list[RulesetVersion]: ...
 
     async def active_versions(self) -> dict[str, str]:
         """tenant id -> active ruleset version, for every tenant (replicas poll this)."""

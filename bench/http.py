@@ -1,0 +1,1167 @@
+"""HTTP service benchmark: decisions/s and latency of ``riskguard serve`` under a C load generator.
+
+What it measures: a real ``python -m riskguard serve`` process on a loopback port, driven by
+``wrk`` (the Debian package; a C load generator, one thread by default) with
+``bench/wrk/decisions.lua``, which gives every ``POST /v1/decisions`` a unique ``event_id`` (run
+id + wrk thread + counter) and varies accounts, counterparties, amounts, IPs and devices. Two
+backends, each in a fresh store:
+
+(a) **SQLite + in-memory state** — the embedded default: a new SQLite file, no Redis, one
+    process (in-memory state cannot be shared between processes).
+(b) **PostgreSQL + Redis** — a new PostgreSQL database (created on the integration tests'
+    server, dropped at the end) and a fresh Redis key prefix (its keys deleted at the end), with
+    1 and 2 uvicorn worker processes (``--workers``), at ``--connections`` and at
+    ``--connections-high`` connections.
+
+Before every decision run, the same server process answers the trivial ``GET /healthz`` under the
+same load (``bench/wrk/healthz.lua``): the ceiling of this server, HTTP stack and load generator on
+this machine. *Ratio* = decisions/s / healthz req/s, taken within a round.
+
+Per run: requests/s, latency p50/p90/p99/p99.9 (wrk's closed-loop latency, per request, from
+its own histogram; wrk's timeout is raised to ``--timeout`` so slow answers are counted, not
+dropped), statuses (any non-2xx fails the run), 2xx bodies marked ``degraded`` (decided by the
+failure policy because the state store missed the budget) or ``recorded: false``; CPU in % of one
+core over the run for the server (its process tree, from /proc/<pid>/stat), wrk, PostgreSQL +
+Redis (processes named ``postgres`` / ``redis-server``) and the whole machine (/proc/stat, plus
+the time the hypervisor stole). After each decision run the harness waits for the server to
+settle and checks that the tenant's decision rows grew by the number of 2xx answers (up to
+``connections`` more: requests wrk abandoned at the end of its run are still decided).
+
+Every server configuration starts once per round, gets an unrecorded ``--warmup`` of decisions,
+then runs healthz and decisions at each connection count. Configurations run interleaved, one
+round at a time, ``--rounds`` rounds, starting from a different configuration each round; every
+figure is the MEDIAN over the rounds (a shared 2-vCPU VM is noisy). A last round repeats the
+main connection count with the access log on (``RISKGUARD_ACCESS_LOG=true``, to a file). Output:
+the machine, the tables, PASS/FAIL per target, warnings and errors found in the server logs,
+then the JSON summary as the last line of stdout (progress goes to stderr).
+
+    make bench-http                                        # defaults: about 8 minutes
+    .venv/bin/python bench/http.py --duration 5 --rounds 1 --workers 1   # smoke run, ~1 min
+    .venv/bin/python bench/http.py --only postgresql --workers 2 --json bench-http.json
+
+Needs ``wrk`` (``apt-get install wrk``), and for (b) PostgreSQL and Redis (``make services``).
+"""
+
+# ruff: noqa: E402
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py and bench/ is sys.path[0] when it runs: that would shadow the
+# standard library's ``http`` package for every import below (httpx, prometheus_client, ...).
+# Take bench/ off the front and put it at the end, where _machine is still found.
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR] + [str(BENCH_DIR)]
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from _machine import describe_machine, load_average
+from riskguard.adapters.sql.migrate import upgrade
+from riskguard.adapters.sql.store import SqlDecisionStore
+from riskguard.adapters.sql.urls import redact
+from riskguard.settings import load_settings
+from riskguard.wiring import configure_logging, provision
+
+ROOT: Final = BENCH_DIR.parent
+WRK_DIR: Final = BENCH_DIR / "wrk"
+TARGET_DECISIONS_PER_S: Final = 2_000.0  # (b), on this 2-core machine, load generator included
+TARGET_P99_MS: Final = 50.0
+TARGET_RATIO: Final = 0.35  # decisions/s over the same server's /healthz req/s
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+DEPENDENCY_PROCESSES: Final = frozenset({"postgres", "redis-server"})
+
+out = Console()
+err = Console(stderr=True)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU accounting from /proc
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(comm, ppid, utime + stime in ticks) of one process, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return comm, int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def _all_processes() -> dict[int, tuple[str, int, int]]:
+    procs = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None:
+                procs[int(entry.name)] = stat
+    return procs
+
+
+def _machine_ticks() -> tuple[int, int, int]:
+    """(busy, steal, total) ticks of all CPUs since boot, from the first line of /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (
+        user + nice + system + irq + softirq,
+        steal,
+        user + nice + system + idle + iowait + irq + softirq + steal,
+    )
+
+
+def wait_for_quiet(cpus: int, below: float, max_wait: float) -> tuple[float, float]:
+    """The machine's busy CPU (% of one core) over a second, after waiting (up to ``max_wait``
+    seconds) for it to drop to ``below``: on a shared VM, do not start a run on top of someone
+    else's. Returns (busy %, seconds waited)."""
+    waited = 0.0
+    while True:
+        a = _machine_ticks()
+        time.sleep(1.0)
+        b = _machine_ticks()
+        busy = 100.0 * cpus * (b[0] - a[0]) / max(1, b[2] - a[2])
+        if busy <= below or waited >= max_wait:
+            if waited:
+                err.log(f"  waited {waited:.0f} s for other work to finish (now {busy:.0f}% busy)")
+            return busy, waited
+        if not waited:
+            err.log(f"  the machine is {busy:.0f}% busy (other work): waiting up to {max_wait:g} s")
+        time.sleep(2.0)
+        waited += 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    wall: float
+    server: dict[int, int]  # pid -> ticks, the server's process tree
+    dependencies: dict[int, int]  # pid -> ticks, PostgreSQL and Redis processes
+    machine: tuple[int, int, int]
+    children: float  # this process's reaped children (wrk), user + system seconds
+
+    @classmethod
+    def take(cls, server_pid: int) -> CpuSample:
+        procs = _all_processes()
+        tree = {server_pid}
+        grew = True
+        while grew:  # the server, its workers, and theirs
+            grew = False
+            for pid, (_comm, ppid, _ticks) in procs.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(
+            wall=time.monotonic(),
+            server={pid: procs[pid][2] for pid in tree if pid in procs},
+            dependencies={
+                pid: ticks
+                for pid, (comm, _p, ticks) in procs.items()
+                if comm in DEPENDENCY_PROCESSES
+            },
+            machine=_machine_ticks(),
+            children=usage.ru_utime + usage.ru_stime,
+        )
+
+
+def _delta_pct(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
+    ticks = sum(t - before.get(pid, 0) for pid, t in after.items())
+    return 100.0 * ticks / CLK_TCK / seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU over one run, in % of one core (200% = both cores of a 2-CPU machine)."""
+
+    server: float
+    wrk: float
+    dependencies: float
+    machine: float
+    steal: float
+    server_processes: int
+
+    @property
+    def other(self) -> float:
+        """Whatever else ran on the machine meanwhile (other users of a shared VM)."""
+        return max(0.0, self.machine - self.server - self.wrk - self.dependencies)
+
+    @classmethod
+    def between(cls, a: CpuSample, b: CpuSample, cpus: int) -> CpuUse:
+        seconds = b.wall - a.wall
+        busy = b.machine[0] - a.machine[0]
+        steal = b.machine[1] - a.machine[1]
+        total = max(1, b.machine[2] - a.machine[2])
+        return cls(
+            server=_delta_pct(a.server, b.server, seconds),
+            wrk=100.0 * (b.children - a.children) / seconds,
+            dependencies=_delta_pct(a.dependencies, b.dependencies, seconds),
+            machine=100.0 * cpus * busy / total,
+            steal=100.0 * cpus * steal / total,
+            server_processes=len(b.server),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Backends and the server
+
+
+@dataclass
+class Backend:
+    key: str  # "sqlite" | "postgresql"
+    label: str
+    database_url: str
+    redis_url: str | None = None
+    redis_prefix: str = "rg"
+    tenant_id: str = ""
+    ingest_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    backend: str
+    workers: int
+    access_log: bool
+    connections: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        log = ", access log" if self.access_log else ""
+        return f"{self.backend} w{self.workers}{log}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+class Server:
+    """``python -m riskguard serve`` as a child process, its output in ``log_path``."""
+
+    def __init__(self, backend: Backend, config: ServerConfig, secret: str, log_path: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
+        env.update(
+            RISKGUARD_DATABASE_URL=backend.database_url,
+            RISKGUARD_SECRET_KEY=secret,
+            RISKGUARD_REDIS_PREFIX=backend.redis_prefix,
+            RISKGUARD_ACCESS_LOG="true" if config.access_log else "false",
+            RISKGUARD_LOG_LEVEL="info",  # the default; the access log is written at info
+            RISKGUARD_WORKERS=str(config.workers),
+        )
+        if backend.redis_url is not None:
+            env["RISKGUARD_REDIS_URL"] = backend.redis_url
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "riskguard", "serve", "--port", str(self.port)],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {self.process.returncode}; see {self.log_path}"
+                )
+            with suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server was not ready in {timeout:g} s; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Stores:
+    """Reads the tenant's decision count through ``SqlDecisionStore`` (one event loop)."""
+
+    def __init__(self) -> None:
+        self._runner = asyncio.Runner()
+        self._stores: dict[str, SqlDecisionStore] = {}
+
+    def count(self, url: str, tenant_id: str) -> int:
+        return self._runner.run(self._count(url, tenant_id))
+
+    async def _count(self, url: str, tenant_id: str) -> int:
+        store = self._stores.get(url)
+        if store is None:
+            store = self._stores[url] = SqlDecisionStore(url)
+            await store.start()
+        return await store.count(tenant_id)
+
+    def settled_count(self, url: str, tenant_id: str, timeout: float = 10.0) -> int:
+        """The count once it stops moving (requests wrk abandoned are still being decided)."""
+        last = self.count(url, tenant_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = self.count(url, tenant_id)
+            if now == last:
+                return now
+            last = now
+        return last
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for store in self._stores.values():
+                await store.close()
+
+        self._runner.run(close_all())
+        self._runner.close()
+
+
+def provision_backend(backend: Backend, secret: str) -> None:
+    """Migrate the database and create the benchmark's tenant and its ingest key."""
+    upgrade(backend.database_url)
+    settings = load_settings(database_url=backend.database_url, secret_key=secret)
+
+    async def work() -> tuple[str, dict[str, str]]:
+        store = SqlDecisionStore(backend.database_url)
+        await store.start()
+        try:
+            return await provision(
+                store, settings.secret, f"bench-http-{uuid.uuid4().hex[:8]}", ("ingest",)
+            )
+        finally:
+            await store.close()
+
+    backend.tenant_id, keys = asyncio.run(work())
+    backend.ingest_key = keys["ingest"]
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_ADMIN_DB, timeout=10
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+PG_HOST: Final = os.environ.get("RISKGUARD_TEST_PG_HOST", "127.0.0.1")
+PG_PORT: Final = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
+PG_ADMIN_DB: Final = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
+PG_USER: Final = os.environ.get("RISKGUARD_TEST_PG_USER", "postgres")
+REDIS_URL: Final = os.environ.get("RISKGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _delete_redis_prefix(url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.delete(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.delete(*batch))
+    finally:
+        client.close()
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------
+# One wrk run
+
+
+@dataclass(slots=True)
+class Run:
+    """One wrk run against one endpoint."""
+
+    endpoint: str  # "healthz" | "decisions"
+    connections: int
+    requests: int
+    seconds: float
+    per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    non_2xx: int  # answers that are not 2xx (healthz: wrk's count of statuses >= 400)
+    socket_errors: int  # connect, read, write and timeout errors
+    statuses: dict[str, int]
+    degraded: int
+    not_recorded: int
+    replayed: int
+    cpu: CpuUse
+    rows_added: int | None = None  # decision rows the tenant gained over this run
+    ok_2xx: int | None = None
+
+    @property
+    def rows_ok(self) -> bool | None:
+        """Rows grew by the 2xx answers, plus at most one abandoned request per connection."""
+        if self.rows_added is None or self.ok_2xx is None:
+            return None
+        return 0 <= self.rows_added - self.ok_2xx <= self.connections
+
+
+class WrkMissing(RuntimeError):
+    pass
+
+
+def find_wrk() -> str:
+    path = shutil.which("wrk") or ("/usr/bin/wrk" if os.access("/usr/bin/wrk", os.X_OK) else None)
+    if path is None:
+        raise WrkMissing
+    return path
+
+
+def run_wrk(
+    wrk: str,
+    server: Server,
+    endpoint: str,
+    *,
+    connections: int,
+    duration: float,
+    threads: int,
+    timeout: float,
+    cpus: int,
+    key: str = "",
+) -> Run:
+    script = WRK_DIR / ("decisions.lua" if endpoint == "decisions" else "healthz.lua")
+    path = "/v1/decisions" if endpoint == "decisions" else "/healthz"
+    cmd = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        f"--timeout={timeout:g}s",
+        "-s",
+        str(script),
+        server.url + path,
+    ]
+    if endpoint == "decisions":
+        cmd += ["--", f"r{uuid.uuid4().hex[:12]}", key]
+    before = CpuSample.take(server.pid)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    after = CpuSample.take(server.pid)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RGBENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+    report = json.loads(line.removeprefix("RGBENCH "))
+    errors = report["errors"]
+    statuses = {k: int(v) for k, v in report["tallies"].items() if k.isdigit()}
+    requests = int(report["requests"])
+    if statuses:  # decisions.lua tallies every status
+        ok_2xx = sum(v for k, v in statuses.items() if 200 <= int(k) < 300)
+        non_2xx = sum(statuses.values()) - ok_2xx
+    else:  # healthz.lua tallies nothing: wrk's own count of statuses >= 400
+        non_2xx = int(errors["status"])
+        ok_2xx = requests - non_2xx
+    pct = report["latency_us"]["percentiles"]
+    seconds = report["duration_us"] / 1e6
+    return Run(
+        endpoint=endpoint,
+        connections=connections,
+        requests=requests,
+        seconds=seconds,
+        per_s=requests / seconds,
+        p50_ms=pct["50"] / 1e3,
+        p90_ms=pct["90"] / 1e3,
+        p99_ms=pct["99"] / 1e3,
+        p999_ms=pct["99.9"] / 1e3,
+        max_ms=report["latency_us"]["max"] / 1e3,
+        non_2xx=non_2xx,
+        socket_errors=sum(int(errors[k]) for k in ("connect", "read", "write", "timeout")),
+        statuses=statuses,
+        degraded=int(report["tallies"].get("degraded", 0)),
+        not_recorded=int(report["tallies"].get("not_recorded", 0)),
+        replayed=int(report["tallies"].get("replayed", 0)),
+        cpu=CpuUse.between(before, after, cpus),
+        ok_2xx=ok_2xx,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Server logs
+
+
+_LEVEL = re.compile(r'"level":"(\w+)"')
+_EVENT = re.compile(r'"event":"([^"]*)"')
+
+
+@dataclass
+class LogFindings:
+    """Warnings and errors in the servers' output. Info lines (the access log) are skipped;
+    a line that is not one whole JSON object (two records run together, a traceback, uvicorn's
+    own text) is counted as such, and scanned for the levels of the records inside it."""
+
+    events: Counter[str] = field(default_factory=Counter)  # "level event - config" -> count
+    examples: dict[str, str] = field(default_factory=dict)
+    not_json: Counter[str] = field(default_factory=Counter)  # config -> lines
+    not_json_examples: dict[str, str] = field(default_factory=dict)
+
+    def scan(self, path: Path, config: str) -> None:
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for raw in lines:
+                line = raw.rstrip("\n")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    found = [(str(record.get("level", "?")), str(record.get("event", "?")))]
+                else:
+                    self.not_json[config] += 1
+                    self.not_json_examples.setdefault(config, line[:400])
+                    found = list(zip(_LEVEL.findall(line), _EVENT.findall(line), strict=False))
+                for level, event in found:
+                    if level in ("info", "debug"):
+                        continue
+                    key = f"{level} {event} - {config}"
+                    self.events[key] += 1
+                    self.examples.setdefault(key, line[:400])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": dict(self.events),
+            "examples": self.examples,
+            "lines_not_one_json_object": dict(self.not_json),
+            "not_json_examples": self.not_json_examples,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _med(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+@dataclass(slots=True)
+class Row:
+    """The median over rounds of one (configuration, connections) cell."""
+
+    config: ServerConfig
+    connections: int
+    rounds: int
+    healthz_per_s: float
+    per_s: float
+    per_s_min: float
+    per_s_max: float
+    ratio: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    healthz_p99_ms: float
+    non_2xx: int  # summed over the rounds
+    socket_errors: int
+    degraded: int
+    not_recorded: int
+    replayed: int
+    rows_ok: bool
+    rows_added: int
+    ok_2xx: int
+    server_cpu: float
+    wrk_cpu: float
+    dependency_cpu: float
+    machine_cpu: float
+    other_cpu: float
+    healthz_other_cpu: float
+    steal: float
+    healthz_server_cpu: float
+    healthz_wrk_cpu: float
+    statuses: dict[str, int]
+
+    @property
+    def judged(self) -> bool:
+        return self.config.backend == "postgresql"
+
+    def verdicts(self) -> dict[str, bool]:
+        v: dict[str, bool] = {}
+        if self.judged:
+            v["throughput"] = self.per_s >= TARGET_DECISIONS_PER_S
+            v["p99"] = self.p99_ms <= TARGET_P99_MS
+        v["ratio"] = self.ratio >= TARGET_RATIO
+        v["no_errors"] = self.non_2xx == 0 and self.socket_errors == 0 and self.rows_ok
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in ((f, getattr(self, f)) for f in self.__slots__)
+            if k != "config"
+        }
+        data["config"] = asdict(self.config) | {"name": self.config.name}
+        data["verdicts"] = self.verdicts()
+        return data
+
+
+def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run]]) -> Row:
+    health = [h for h, _ in pairs]
+    runs = [d for _, d in pairs]
+    statuses: Counter[str] = Counter()
+    for r in runs:
+        statuses.update(r.statuses)
+    return Row(
+        config=config,
+        connections=connections,
+        rounds=len(pairs),
+        healthz_per_s=_med([h.per_s for h in health]),
+        per_s=_med([r.per_s for r in runs]),
+        per_s_min=min(r.per_s for r in runs),
+        per_s_max=max(r.per_s for r in runs),
+        ratio=_med([d.per_s / h.per_s for h, d in pairs]),
+        p50_ms=_med([r.p50_ms for r in runs]),
+        p90_ms=_med([r.p90_ms for r in runs]),
+        p99_ms=_med([r.p99_ms for r in runs]),
+        p999_ms=_med([r.p999_ms for r in runs]),
+        healthz_p99_ms=_med([h.p99_ms for h in health]),
+        non_2xx=sum(r.non_2xx for r in runs) + sum(h.non_2xx for h in health),
+        socket_errors=sum(r.socket_errors for r in runs) + sum(h.socket_errors for h in health),
+        degraded=sum(r.degraded for r in runs),
+        not_recorded=sum(r.not_recorded for r in runs),
+        replayed=sum(r.replayed for r in runs),
+        rows_ok=all(r.rows_ok is True for r in runs),
+        rows_added=sum(r.rows_added or 0 for r in runs),
+        ok_2xx=sum(r.ok_2xx or 0 for r in runs),
+        server_cpu=_med([r.cpu.server for r in runs]),
+        wrk_cpu=_med([r.cpu.wrk for r in runs]),
+        dependency_cpu=_med([r.cpu.dependencies for r in runs]),
+        machine_cpu=_med([r.cpu.machine for r in runs]),
+        other_cpu=_med([r.cpu.other for r in runs]),
+        healthz_other_cpu=_med([h.cpu.other for h in health]),
+        steal=_med([r.cpu.steal for r in runs]),
+        healthz_server_cpu=_med([h.cpu.server for h in health]),
+        healthz_wrk_cpu=_med([h.cpu.wrk for h in health]),
+        statuses=dict(statuses),
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]PASS[/]" if ok else "[red]FAIL[/]"
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(run).items()
+    }
+    cpu = {k: round(v, 1) for k, v in asdict(run.cpu).items()}
+    data["cpu"] = cpu | {"other": round(run.cpu.other, 1)}
+    data["rows_ok"] = run.rows_ok
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument(
+        "--connections-high",
+        type=int,
+        default=64,
+        help="(b) is also measured at this many connections (0: skip)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="uvicorn processes for (b)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds per server")
+    parser.add_argument("--timeout", type=float, default=10.0, help="wrk's request timeout (s)")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=30.0,
+        help="before starting each server, wait until the machine is at most this busy "
+        "(%% of one core, over 1 s)",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=120.0, help="longest such wait, in seconds (0: never)"
+    )
+    parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
+    parser.add_argument(
+        "--no-access-log-round", action="store_true", help="skip the round with the access log"
+    )
+    parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.threads < 1:
+        parser.error("--duration, --rounds, --connections and --threads must be positive")
+    if args.threads > args.connections:
+        parser.error("--threads cannot exceed --connections")
+    return args
+
+
+@contextmanager
+def backends(args: argparse.Namespace, tmp: Path, secret: str) -> Iterator[dict[str, Backend]]:
+    """The fresh stores of the run; dropped / deleted on the way out."""
+    found: dict[str, Backend] = {}
+    pg_name: str | None = None
+    prefix: str | None = None
+    try:
+        if args.only in (None, "sqlite"):
+            found["sqlite"] = Backend(
+                "sqlite", "(a) SQLite + in-memory", f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+            )
+        if args.only in (None, "postgresql"):
+            pg_name = f"riskguard_bench_http_{uuid.uuid4().hex[:8]}"
+            asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
+            prefix = f"bh{uuid.uuid4().hex[:8]}"
+            found["postgresql"] = Backend(
+                "postgresql",
+                "(b) PostgreSQL + Redis",
+                f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_name}",
+                redis_url=REDIS_URL,
+                redis_prefix=prefix,
+            )
+        for backend in found.values():
+            err.log(f"provisioning {backend.label}: {redact(backend.database_url)}")
+            provision_backend(backend, secret)
+        yield found
+    finally:
+        if pg_name is not None:
+            with suppress(Exception):
+                asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+        if prefix is not None:
+            try:
+                n = _delete_redis_prefix(REDIS_URL, prefix)
+                err.log(f"deleted {n:,} Redis keys under {prefix}:")
+            except Exception as exc:  # report, do not mask the run's own outcome
+                err.log(f"could not delete Redis keys under {prefix}: ({type(exc).__name__})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        wrk = find_wrk()
+    except WrkMissing:
+        print(
+            "bench/http.py needs wrk, the HTTP load generator: install it with "
+            "`apt-get install wrk` (Debian/Ubuntu), then run again.",
+            file=sys.stderr,
+        )
+        return 2
+    needs_services = args.only in (None, "postgresql")
+    redis_host = httpx.URL(REDIS_URL)
+    if needs_services and not (
+        _reachable(PG_HOST, PG_PORT)
+        and _reachable(redis_host.host or "127.0.0.1", redis_host.port or 6379)
+    ):
+        print(
+            f"bench/http.py needs PostgreSQL ({PG_HOST}:{PG_PORT}) and Redis ({REDIS_URL}) for "
+            "(b): run `make services` (or pass --only sqlite).",
+            file=sys.stderr,
+        )
+        return 2
+
+    started = time.perf_counter()
+    machine = describe_machine()
+    load_start = load_average()
+    cpus = machine.logical_cpus
+    if not out.is_terminal:
+        out.width = 140
+    out.rule("[bold]riskguard HTTP service benchmark")
+    out.print(f"Machine: {machine.summary()}")
+    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    wrk_line = (wrk_version.stdout or wrk_version.stderr).splitlines()[0].strip()
+    out.print(
+        f"Load generator: {wrk_line}, {args.threads} thread(s), on the same machine. "
+        f"{args.duration:g} s per run, {args.rounds} interleaved rounds; figures are medians."
+    )
+
+    high = args.connections_high
+    configs: list[ServerConfig] = []
+    if args.only in (None, "sqlite"):
+        configs.append(ServerConfig("sqlite", 1, False, (args.connections,)))
+    if args.only in (None, "postgresql"):
+        conns = (args.connections,) + ((high,) if high and high != args.connections else ())
+        configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
+    log_configs = [ServerConfig(c.backend, c.workers, True, (args.connections,)) for c in configs]
+
+    secret = secrets.token_urlsafe(32)
+    configure_logging(load_settings(log_level="warning"), stream=sys.stderr)  # provisioning
+    findings = LogFindings()
+    runs: dict[tuple[ServerConfig, int], list[tuple[Run, Run]]] = {}
+    crashed: list[str] = []
+    tmp_holder = tempfile.TemporaryDirectory(prefix="rg-bench-http-")
+    tmp = Path(tmp_holder.name)
+    log_dir = args.log_dir or tmp
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stores = Stores()
+
+    background: list[dict[str, Any]] = []
+
+    def one_server(config: ServerConfig, backend: Backend, label: str) -> None:
+        busy, waited = wait_for_quiet(cpus, args.quiet_below, args.max_wait)
+        background.append(
+            {"server": config.name, "label": label, "busy_pct": round(busy, 1), "waited_s": waited}
+        )
+        log_path = log_dir / f"server-{config.backend}-w{config.workers}"
+        log_path = log_path.with_name(
+            log_path.name + ("-accesslog" if config.access_log else "") + f"-{label}.log"
+        )
+        server = Server(backend, config, secret, log_path)
+        err.log(f"{label}: starting {config.name}")
+        server.start()
+        try:
+            if args.warmup > 0:
+                run_wrk(
+                    wrk,
+                    server,
+                    "decisions",
+                    connections=max(config.connections),
+                    duration=args.warmup,
+                    threads=args.threads,
+                    timeout=args.timeout,
+                    cpus=cpus,
+                    key=backend.ingest_key,
+                )
+            for conns in config.connections:
+                health = run_wrk(
+                    wrk,
+                    server,
+                    "healthz",
+                    connections=conns,
+                    duration=args.duration,
+                    threads=args.threads,
+                    timeout=args.timeout,
+                    cpus=cpus,
+                )
+                rows_before = stores.settled_count(backend.database_url, backend.tenant_id)
+                decided = run_wrk(
+                    wrk,
+                    server,
+                    "decisions",
+                    connections=conns,
+                    duration=args.duration,
+                    threads=args.threads,
+                    timeout=args.timeout,
+                    cpus=cpus,
+                    key=backend.ingest_key,
+                )
+                rows_after = stores.settled_count(backend.database_url, backend.tenant_id)
+                decided.rows_added = rows_after - rows_before
+                runs.setdefault((config, conns), []).append((health, decided))
+                err.log(
+                    f"  {config.name}, {conns} conns: healthz {health.per_s:,.0f}/s, decisions "
+                    f"{decided.per_s:,.0f}/s p50 {decided.p50_ms:.1f} ms p99 "
+                    f"{decided.p99_ms:.1f} ms, non-2xx {decided.non_2xx}, degraded "
+                    f"{decided.degraded}, rows +{decided.rows_added:,} for {decided.ok_2xx:,} "
+                    f"2xx; CPU server {decided.cpu.server:.0f}% wrk {decided.cpu.wrk:.0f}% "
+                    f"pg+redis {decided.cpu.dependencies:.0f}%"
+                )
+            if not server.alive():
+                crashed.append(f"{config.name} ({label})")
+        finally:
+            server.stop()
+            findings.scan(log_path, config.name)
+
+    try:
+        with backends(args, tmp, secret) as found:
+            for r in range(args.rounds):
+                t0 = time.perf_counter()
+                order = configs[r % len(configs) :] + configs[: r % len(configs)]
+                for config in order:
+                    one_server(config, found[config.backend], f"round{r + 1}")
+                err.log(f"round {r + 1}/{args.rounds} in {time.perf_counter() - t0:.0f} s")
+            if not args.no_access_log_round:
+                for config in log_configs:
+                    one_server(config, found[config.backend], "accesslog")
+    finally:
+        stores.close()
+        if args.log_dir is None:
+            tmp_holder.cleanup()
+
+    rows = [summarise(c, n, runs[(c, n)]) for c in configs for n in c.connections]
+    log_rows = [
+        summarise(c, n, runs[(c, n)]) for c in log_configs for n in c.connections if (c, n) in runs
+    ]
+    print_results(args, rows, log_rows)
+    headline = print_targets(args, rows)
+    print_findings(findings, crashed)
+    out.print(
+        "Other work on the machine before each server started (1 s sample): median "
+        f"{_med([b['busy_pct'] for b in background]):.0f}% of one core, max "
+        f"{max(b['busy_pct'] for b in background):.0f}%; waited "
+        f"{sum(b['waited_s'] for b in background):.0f} s in all for it to drop below "
+        f"{args.quiet_below:g}%."
+    )
+
+    summary: dict[str, Any] = {
+        "benchmark": "http",
+        "machine": machine.to_dict(),
+        "load_generator": {"wrk": wrk_line, "threads": args.threads, "timeout_s": args.timeout},
+        "config": {
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "connections_high": high,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "warmup_s": args.warmup,
+            "event": "transaction, unique event_id per request (bench/wrk/decisions.lua)",
+            "statistic": "median over rounds; ratio = decisions/s / healthz req/s within a round",
+        },
+        "targets": {
+            "decisions_per_s": TARGET_DECISIONS_PER_S,
+            "p99_ms": TARGET_P99_MS,
+            "ratio": TARGET_RATIO,
+            "judged_on": "(b) PostgreSQL + Redis at --connections, the worker count with the "
+            "most decisions/s",
+            "headline": headline,
+        },
+        "results": [row.to_dict() for row in rows],
+        "access_log_round": [row.to_dict() for row in log_rows],
+        "runs": [
+            {
+                "config": c.name,
+                "connections": n,
+                "round": i + 1,
+                "healthz": _run_dict(h),
+                "decisions": _run_dict(d),
+            }
+            for (c, n), pairs in runs.items()
+            for i, (h, d) in enumerate(pairs)
+        ],
+        "background_before_each_server": background,
+        "server_logs": findings.to_dict(),
+        "servers_died": crashed,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "load_average": {"start": load_start, "end": load_average()},
+    }
+    out.print(
+        f"Total time {summary['elapsed_s']} s. Load average (1/5/15 min) at the start "
+        f"{load_start}, at the end {summary['load_average']['end']} on {cpus} CPUs (server, "
+        "wrk, PostgreSQL and Redis all share them)."
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary))
+    return 0
+
+
+def _backend(config: ServerConfig) -> str:
+    return "(a) sqlite+mem" if config.backend == "sqlite" else "(b) pg+redis"
+
+
+def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]) -> None:
+    table = Table(
+        title=f"POST /v1/decisions vs GET /healthz of the same server: median of {args.rounds} "
+        f"rounds of {args.duration:g} s",
+        title_justify="left",
+    )
+    for column in ("backend", "w", "conns"):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for column in (
+        "healthz/s", "decisions/s", "min-max", "ratio", "p50 ms", "p99 ms", "non-2xx",
+        "degraded", "rows", "CPU: server", "wrk", "pg+redis", "other",
+    ):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in rows:
+        errors = row.non_2xx + row.socket_errors
+        table.add_row(
+            _backend(row.config),
+            str(row.config.workers),
+            str(row.connections),
+            f"{row.healthz_per_s:,.0f}",
+            f"{row.per_s:,.0f}",
+            f"{row.per_s_min:,.0f}-{row.per_s_max:,.0f}",
+            f"{100 * row.ratio:.0f}%",
+            f"{row.p50_ms:.1f}",
+            f"{row.p99_ms:.1f}",
+            f"[red]{errors:,}[/]" if errors else "0",
+            f"[yellow]{row.degraded:,}[/]" if row.degraded else "0",
+            "ok" if row.rows_ok else "[red]NO[/]",
+            f"{row.server_cpu:.0f}%",
+            f"{row.wrk_cpu:.0f}%",
+            f"{row.dependency_cpu:.0f}%",
+            f"{row.other_cpu:.0f}%",
+        )
+    out.print(table)
+    out.print(
+        "w: uvicorn worker processes. ratio: decisions/s over /healthz req/s of the same server "
+        "process at the same connections, measured right before (median of per-round ratios). "
+        "Latency: wrk's, closed loop (a connection sends its next request when the answer "
+        "arrives). non-2xx: non-2xx answers and socket errors summed over the rounds, healthz "
+        "included. degraded: 2xx decisions taken by the failure policy (state store over budget). "
+        "rows: each round the tenant's decision rows grew by the 2xx answers (plus at most one "
+        "request per connection wrk abandoned at its end). CPU during the decision run in % of "
+        "one core; other: the rest of the machine's busy time (other work on a shared VM)."
+    )
+    if not log_rows:
+        return
+    base = {(r.config.backend, r.config.workers, r.connections): r for r in rows}
+    table = Table(title="The same with the access log on (one round)", title_justify="left")
+    for column in ("backend", "w", "conns"):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for column in (
+        "healthz/s", "decisions/s", "vs log off", "p50 ms", "p99 ms", "non-2xx", "degraded",
+        "rows", "CPU: server", "other",
+    ):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in log_rows:
+        ref = base.get((row.config.backend, row.config.workers, row.connections))
+        errors = row.non_2xx + row.socket_errors
+        table.add_row(
+            _backend(row.config),
+            str(row.config.workers),
+            str(row.connections),
+            f"{row.healthz_per_s:,.0f}",
+            f"{row.per_s:,.0f}",
+            f"{100 * row.per_s / ref.per_s:.0f}%" if ref else "-",
+            f"{row.p50_ms:.1f}",
+            f"{row.p99_ms:.1f}",
+            f"[red]{errors:,}[/]" if errors else "0",
+            f"[yellow]{row.degraded:,}[/]" if row.degraded else "0",
+            "ok" if row.rows_ok else "[red]NO[/]",
+            f"{row.server_cpu:.0f}%",
+            f"{row.other_cpu:.0f}%",
+        )
+    out.print(table)
+    out.print(
+        "vs log off: decisions/s against the median with the access log off (one round against "
+        "the median of several: a rough figure on a noisy machine)."
+    )
+
+
+def print_targets(args: argparse.Namespace, rows: list[Row]) -> dict[str, Any] | None:
+    table = Table(
+        title="Targets per row: throughput and p99 are set for (b); the ratio and errors are "
+        "judged everywhere",
+        title_justify="left",
+    )
+    for column in ("backend", "w", "conns"):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for column in (
+        f">= {TARGET_DECISIONS_PER_S:,.0f}/s",
+        f"p99 <= {TARGET_P99_MS:g} ms",
+        f"ratio >= {100 * TARGET_RATIO:.0f}%",
+        "no errors",
+    ):
+        table.add_column(column, justify="center")
+    table.add_column("degraded (info)", justify="right")
+    for row in rows:
+        v = row.verdicts()
+        table.add_row(
+            _backend(row.config),
+            str(row.config.workers),
+            str(row.connections),
+            _verdict(v["throughput"]) if "throughput" in v else "-",
+            _verdict(v["p99"]) if "p99" in v else "-",
+            _verdict(v["ratio"]),
+            _verdict(v["no_errors"]),
+            f"{row.degraded:,}",
+        )
+    out.print(table)
+    judged = [r for r in rows if r.judged and r.connections == args.connections]
+    if not judged:
+        out.print("(b) was not run: no headline verdict.")
+        return None
+    best = max(judged, key=lambda r: r.per_s)
+    v = best.verdicts()
+    passed = all(v.values())
+    out.print(
+        f"Headline — (b) PostgreSQL + Redis, {best.config.workers} worker(s) (the faster "
+        f"setting), {best.connections} connections: {best.per_s:,.0f} decisions/s "
+        f"{_verdict(v['throughput'])}, p99 {best.p99_ms:.1f} ms {_verdict(v['p99'])}, "
+        f"{100 * best.ratio:.0f}% of /healthz {_verdict(v['ratio'])}, errors "
+        f"{_verdict(v['no_errors'])} — overall {_verdict(passed)}. Degraded decisions over "
+        f"the rounds: {best.degraded:,} of {best.ok_2xx:,}."
+    )
+    return {
+        "workers": best.config.workers,
+        "connections": best.connections,
+        "decisions_per_s": round(best.per_s, 1),
+        "p99_ms": round(best.p99_ms, 2),
+        "ratio": round(best.ratio, 3),
+        "verdicts": v,
+        "pass": passed,
+        "degraded": best.degraded,
+    }
+
+
+def print_findings(findings: LogFindings, crashed: list[str]) -> None:
+    if crashed:
+        out.print(f"[red]Servers that died during a run:[/] {', '.join(crashed)}")
+    if not findings.events and not findings.not_json:
+        out.print("Server logs: no warnings or errors, every line one JSON object.")
+        return
+    out.print("[yellow]Server logs[/]: warnings and errors (count, level, event - configuration)")
+    for key, n in findings.events.most_common():
+        out.print(f"  {n:>7,}  {key}", markup=False, highlight=False)
+        out.print(f"           e.g. {findings.examples[key]}", markup=False, highlight=False)
+    for config, n in findings.not_json.most_common():
+        out.print(
+            f"  {n:>7,}  lines that are not one JSON object - {config}; e.g.",
+            markup=False,
+            highlight=False,
+        )
+        out.print(f"           {findings.not_json_examples[config]}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of riskguard.ports (memory, sql, redis) and the HTTP adapter."""

@@ -1,0 +1,1 @@
+"""Redis adapters: the shared feature state store (:mod:`riskguard.adapters.redis.state`)."""

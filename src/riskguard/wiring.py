@@ -1,0 +1,166 @@
+"""The only place that builds adapters from settings: stores, services, the HTTP app.
+
+Embedded default (no ``RISKGUARD_DATABASE_URL`` / ``RISKGUARD_REDIS_URL``): SQLite in WAL mode
+and in-process feature state. With ``RISKGUARD_REDIS_URL``, feature state and idempotency claims
+live in Redis, shared by every replica; with a PostgreSQL ``RISKGUARD_DATABASE_URL``, records
+do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from riskguard.adapters.http.metrics import Metrics
+from riskguard.adapters.http.schemas import CheckOut
+from riskguard.ports import DecisionStore, DependencyUnavailable, SharedStateStore
+from riskguard.services.auth import KeyVerifier
+from riskguard.services.decisions import DecisionService
+from riskguard.services.rules import EngineCache, RulesService
+from riskguard.settings import Settings
+
+_CHECK_TIMEOUT_S = 1.0
+
+
+def configure_logging(settings: Settings, *, stream: Any = None) -> None:
+    """JSON lines on stdout (one object per event) with time, level, logger and request id.
+
+    Nothing logs bodies, keys or personal data: events carry ids, routes, statuses and
+    durations only, and dependency errors are logged by type, not by their message (a
+    connection error can echo a URL with a password).
+    """
+    level = getattr(logging, settings.log_level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(
+                serializer=lambda obj, **_: orjson.dumps(obj).decode()
+            ),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def build_store(settings: Settings) -> DecisionStore:
+    from riskguard.adapters.sql.store import SqlDecisionStore
+
+    return SqlDecisionStore(settings.database_url)
+
+
+def build_state(settings: Settings) -> SharedStateStore:
+    if settings.redis_url is not None:
+        from riskguard.adapters.redis.state import RedisStateStore
+
+        return RedisStateStore(
+            settings.redis_url.get_secret_value(),
+            prefix=settings.redis_prefix,
+            claim_ttl_s=settings.idempotency_ttl_s,
+        )
+    from riskguard.adapters.memory import MemoryStateStore
+
+    return MemoryStateStore(claim_ttl_s=settings.idempotency_ttl_s)
+
+
+class Container:
+    """Everything one service process runs on; ``start``/``stop`` bracket its life."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: DecisionStore | None = None,
+        state: SharedStateStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = store if store is not None else build_store(settings)
+        self.state = state if state is not None else build_state(settings)
+        self.engines = EngineCache(self.store)
+        self.engines.on_swap = lambda _t, _v: self.metrics.ruleset_swaps.inc()
+        self.rules = RulesService(self.store, self.engines)
+        self.keys = KeyVerifier(self.store, settings.secret)
+        self.decisions = DecisionService(
+            settings, self.store, self.state, self.engines, self.metrics
+        )
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.settings.auto_migrate:
+            from riskguard.adapters.sql.migrate import upgrade
+
+            await asyncio.to_thread(upgrade, self.settings.database_url)
+        await self.store.start()
+        try:
+            await self.engines.refresh()
+        except DependencyUnavailable:
+            structlog.get_logger("riskguard").warning("ruleset_load_deferred")
+        self._poller = asyncio.create_task(self.engines.poll(self.settings.ruleset_poll_s))
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self.store.close()
+        await self.state.close()
+
+    async def check_dependencies(self) -> dict[str, CheckOut]:
+        async def check(name: str, ping: Any) -> tuple[str, CheckOut]:
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(ping(), _CHECK_TIMEOUT_S)
+            except (DependencyUnavailable, TimeoutError, OSError) as exc:
+                self.metrics.dependency_up.labels(name).set(0)
+                error = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+                return name, CheckOut(ok=False, error=error)
+            self.metrics.dependency_up.labels(name).set(1)
+            ms = round((time.perf_counter() - started) * 1000.0, 3)
+            return name, CheckOut(ok=True, latency_ms=ms)
+
+        results = await asyncio.gather(
+            check("database", self.store.ping), check("state_store", self.state.ping)
+        )
+        return dict(results)
+
+
+def build_app(settings: Settings) -> Any:
+    """The ASGI application for ``settings``."""
+    from riskguard.adapters.http.app import create_app
+
+    configure_logging(settings)
+    return create_app(Container(settings))
+
+
+def app_from_env() -> Any:
+    """Factory for uvicorn (``riskguard serve``): settings from the environment."""
+    from riskguard.settings import load_settings
+
+    return build_app(load_settings())
+
+
+async def provision(
+    store: DecisionStore, secret: bytes, name: str, roles: tuple[str, ...] = ("admin", "ingest")
+) -> tuple[str, dict[str, str]]:
+    """A new tenant with its first ruleset and one key per role: (tenant id, role -> key)."""
+    from riskguard.services.auth import create_tenant, new_key
+
+    tenant = await create_tenant(store, name)
+    await RulesService(store, EngineCache(store)).bootstrap(tenant.id)
+    keys = {}
+    for role in roles:
+        row, plaintext = new_key(tenant.id, role, secret)  # type: ignore[arg-type]
+        await store.create_key(row)
+        keys[role] = plaintext
+    return tenant.id, keys
