@@ -14,7 +14,6 @@ Implementations are built from settings in ``riskguard.wiring`` only.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime

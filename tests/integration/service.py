@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from riskguard.adapters.sql.migrate import upgrade
 from riskguard.adapters.sql.store import SqlDecisionStore
-
 from riskguard.settings import load_settings
 from riskguard.wiring import provision
 

@@ -131,15 +131,6 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_demo_runs_and_exits_by_itself(tmp_path: Path) -> None:
-    pack = tmp_path / "pack.yaml"
-    pack.write_text(default_pack_text())
-    result = run("demo", "--seconds", "1", "--users", "60", "--days", "3", "--rules", str(pack))
-    assert result.returncode == 0, result.stderr
-    assert "summary" in result.stdout
-    assert "events decided" in result.stdout
-
-
 def test_demo_with_a_broken_pack_is_a_clear_error(tmp_path: Path) -> None:
     pack = tmp_path / "pack.yaml"
     pack.write_text("rules: [\n")

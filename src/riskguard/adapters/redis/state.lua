@@ -107,7 +107,7 @@ local function see_recent(H, T, digest, when, capacity, keep_first)
   end
   H = H .. digest
   T = T .. spack('<d', when)
-  if #T > 8 * capacity + 8 then
+  if #T > 8 * capacity then
     H = sub(H, 9)
     T = sub(T, 9)
   end

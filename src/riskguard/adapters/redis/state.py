@@ -60,12 +60,15 @@ window apart *in event time* (a feed replayed slower than real time, a late even
 pause) starts from a fresh window. For profiles expiry is a real change of values: a baseline,
 hour profile, novelty map, location or last-seen time untouched by any write for 90 days is
 forgotten and the entity starts afresh, as does a session's continuity after 7 days. An event
-that only reads a state (its ``when`` filter false) does not extend the state's life.
+that leaves a state unchanged (its ``when`` filter false, nothing pending to fold) does not
+extend the state's life.
 
 **Failures.** Every Redis error, timeout or refused connection raises
 :class:`~riskguard.ports.DependencyUnavailable` (the URL's password never appears in the
-message). Commands are not retried — an ``EVALSHA`` that timed out may have run — and the pool
-reconnects on the next call when Redis is back; a Redis restarted empty answers ``NOSCRIPT`` and
+message). Commands are not retried — an ``EVALSHA`` that timed out (or whose caller was
+cancelled) after it was sent may have run, claim included — and the pool reconnects on the next
+call when Redis is back; ``env`` is only written once the reply is in, so a failed call leaves it
+untouched; a Redis restarted empty answers ``NOSCRIPT`` and
 the store falls back to ``EVAL`` with the script text, which loads it again.
 
 **Cost.** ``bench/state_store.py`` (20,000 simulated events of the default pack, 6.3 feature
@@ -80,13 +83,14 @@ velocity) a key, plus Redis's per-key overhead of about 110 bytes; a claim about
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import struct
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Final, cast
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -487,6 +491,8 @@ class RedisStateStore:
             retry=Retry(NoBackoff(), 0),
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
+        self._idle: list[aioredis.Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
         self._codecs: weakref.WeakKeyDictionary[FeatureKind, _Codec] = weakref.WeakKeyDictionary()
         self._header_base = _HEADER.pack(0, self.claim_ttl_s, 1 if _COMPENSATED_SUM else 0)
 
@@ -557,22 +563,44 @@ class RedisStateStore:
             raise self._unavailable(exc) from None
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
         await self._client.aclose()
         await self._pool.disconnect()
 
     # internals ---------------------------------------------------------------------------
 
     async def _run(self, keys: list[str], args: list[bytes]) -> list[Any]:
-        command = cast(Callable[..., Awaitable[Any]], self._client.execute_command)
-        try:
+        # The hot path talks to its own idle-connection stack rather than through
+        # Redis.execute_command and the blocking pool: their retry, deprecation and locking
+        # wrappers cost more CPU per call than the script itself. A connection that fails or
+        # is interrupted (the latency budget cancels the call) is dropped, never reused.
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                reply = await command("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                # Redis restarted (or flushed its scripts): EVAL runs and caches the script.
-                reply = await command("EVAL", SCRIPT, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc) from None
+                try:
+                    reply = await self._call(conn, "EVALSHA", SCRIPT_SHA, keys, args)
+                except NoScriptError:
+                    # Redis restarted (or flushed its scripts): EVAL runs and caches the script.
+                    reply = await self._call(conn, "EVAL", SCRIPT, keys, args)
+            except (RedisError, OSError, TimeoutError) as exc:
+                await conn.disconnect(nowait=True)
+                raise self._unavailable(exc) from None
+            except BaseException:
+                await asyncio.shield(conn.disconnect(nowait=True))
+                raise
+            self._idle.append(conn)
         return list(reply)
+
+    @staticmethod
+    async def _call(
+        conn: aioredis.Connection, command: str, script: str, keys: list[str], args: list[bytes]
+    ) -> Any:
+        await conn.send_packed_command(
+            conn.pack_command(command, script, len(keys), *keys, *args), check_health=False
+        )
+        return await conn.read_response()
 
     def _unavailable(self, exc: BaseException) -> DependencyUnavailable:
         message = str(exc) or type(exc).__name__
