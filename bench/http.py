@@ -128,14 +128,15 @@ def _all_processes() -> dict[int, tuple[str, int, int]]:
     return procs
 
 
-def _machine_ticks() -> tuple[int, int, int]:
-    """(busy, steal, total) ticks of all CPUs since boot, from the first line of /proc/stat."""
+def _machine_ticks() -> tuple[int, int, int, int]:
+    """(busy, steal, total, irq + softirq) ticks of all CPUs since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
     return (
         user + nice + system + irq + softirq,
         steal,
         user + nice + system + idle + iowait + irq + softirq + steal,
+        irq + softirq,
     )
 
 
@@ -159,12 +160,16 @@ def wait_for_quiet(cpus: int, below: float, max_wait: float) -> tuple[float, flo
         waited += 3.0
 
 
+def _kernel_thread(comm: str) -> bool:
+    return comm.startswith(("ksoftirqd", "kworker", "rcu_"))
+
+
 @dataclass(frozen=True, slots=True)
 class CpuSample:
     wall: float
-    server: dict[int, int]  # pid -> ticks, the server's process tree
-    dependencies: dict[int, int]  # pid -> ticks, PostgreSQL and Redis processes
-    machine: tuple[int, int, int]
+    processes: dict[int, tuple[str, int]]  # pid -> (comm, utime + stime ticks), every process
+    server: frozenset[int]  # the server's process tree
+    machine: tuple[int, int, int, int]
     children: float  # this process's reaped children (wrk), user + system seconds
 
     @classmethod
@@ -181,20 +186,11 @@ class CpuSample:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return cls(
             wall=time.monotonic(),
-            server={pid: procs[pid][2] for pid in tree if pid in procs},
-            dependencies={
-                pid: ticks
-                for pid, (comm, _p, ticks) in procs.items()
-                if comm in DEPENDENCY_PROCESSES
-            },
+            processes={pid: (comm, ticks) for pid, (comm, _ppid, ticks) in procs.items()},
+            server=frozenset(tree),
             machine=_machine_ticks(),
             children=usage.ru_utime + usage.ru_stime,
         )
-
-
-def _delta_pct(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
-    ticks = sum(t - before.get(pid, 0) for pid, t in after.items())
-    return 100.0 * ticks / CLK_TCK / seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,29 +199,45 @@ class CpuUse:
 
     server: float
     wrk: float
-    dependencies: float
-    machine: float
-    steal: float
+    dependencies: float  # processes named postgres or redis-server
+    kernel: float  # interrupts and softirqs (loopback networking), kernel worker threads
+    machine: float  # all busy time (not idle, iowait or steal)
+    steal: float  # time the hypervisor gave to other VMs
     server_processes: int
+    top_other: tuple[tuple[str, float], ...]  # the busiest other processes: (comm, %)
 
     @property
     def other(self) -> float:
         """Whatever else ran on the machine meanwhile (other users of a shared VM)."""
-        return max(0.0, self.machine - self.server - self.wrk - self.dependencies)
+        return max(0.0, self.machine - self.server - self.wrk - self.dependencies - self.kernel)
 
     @classmethod
     def between(cls, a: CpuSample, b: CpuSample, cpus: int) -> CpuUse:
         seconds = b.wall - a.wall
-        busy = b.machine[0] - a.machine[0]
-        steal = b.machine[1] - a.machine[1]
         total = max(1, b.machine[2] - a.machine[2])
+        per_tick = 100.0 / CLK_TCK / seconds
+        server = dependencies = kernel_threads = 0.0
+        others: Counter[str] = Counter()
+        me = os.getpid()
+        for pid, (comm, ticks) in b.processes.items():
+            used = (ticks - a.processes.get(pid, (comm, 0))[1]) * per_tick
+            if pid in b.server or pid in a.server:
+                server += used
+            elif comm in DEPENDENCY_PROCESSES:
+                dependencies += used
+            elif _kernel_thread(comm):
+                kernel_threads += used
+            elif pid != me and used > 0:
+                others[f"{comm}[{pid}]"] += used
         return cls(
-            server=_delta_pct(a.server, b.server, seconds),
+            server=server,
             wrk=100.0 * (b.children - a.children) / seconds,
-            dependencies=_delta_pct(a.dependencies, b.dependencies, seconds),
-            machine=100.0 * cpus * busy / total,
-            steal=100.0 * cpus * steal / total,
+            dependencies=dependencies,
+            kernel=kernel_threads + 100.0 * cpus * (b.machine[3] - a.machine[3]) / total,
+            machine=100.0 * cpus * (b.machine[0] - a.machine[0]) / total,
+            steal=100.0 * cpus * (b.machine[1] - a.machine[1]) / total,
             server_processes=len(b.server),
+            top_other=tuple((name, round(pct, 1)) for name, pct in others.most_common(3)),
         )
 
 
@@ -630,6 +642,7 @@ class Row:
     wrk_cpu: float
     dependency_cpu: float
     machine_cpu: float
+    kernel_cpu: float
     other_cpu: float
     healthz_other_cpu: float
     steal: float
@@ -699,6 +712,7 @@ def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run
         wrk_cpu=_med([r.cpu.wrk for r in runs]),
         dependency_cpu=_med([r.cpu.dependencies for r in runs]),
         machine_cpu=_med([r.cpu.machine for r in runs]),
+        kernel_cpu=_med([r.cpu.kernel for r in runs]),
         other_cpu=_med([r.cpu.other for r in runs]),
         healthz_other_cpu=_med([h.cpu.other for h in health]),
         steal=_med([r.cpu.steal for r in runs]),
@@ -716,7 +730,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
     data: dict[str, Any] = {
         k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(run).items()
     }
-    cpu = {k: round(v, 1) for k, v in asdict(run.cpu).items()}
+    cpu = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(run.cpu).items()}
     data["cpu"] = cpu | {"other": round(run.cpu.other, 1)}
     data["rows_ok"] = run.rows_ok
     return data
@@ -815,6 +829,9 @@ def backends(args: argparse.Namespace, tmp: Path, secret: str) -> Iterator[dict[
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) unwind through the finally blocks:
+    # the servers stop, the PostgreSQL database is dropped and the Redis keys deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         wrk = find_wrk()
     except WrkMissing:
@@ -917,7 +934,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     if other <= args.max_other or attempt > args.retries:
                         break
-                    err.log(f"  other work used {other:.0f}% of a core meanwhile: measuring again")
+                    busiest = health.cpu.top_other + decided.cpu.top_other
+                    err.log(
+                        f"  other work used {other:.0f}% of a core meanwhile (busiest: "
+                        f"{', '.join(f'{n} {p:.0f}%' for n, p in busiest[:3])}): measuring again"
+                    )
                 runs.setdefault((config, conns), []).append((health, decided))
                 background.append(
                     {
@@ -1050,7 +1071,7 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
         table.add_column(column, justify="right")
     for column in (
         "healthz/s", "decisions/s", "min-max", "ratio", "p50 ms", "p99 ms", "non-2xx",
-        "degraded", "rows", "CPU: server", "wrk", "pg+redis", "other",
+        "degraded", "rows", "CPU: server", "wrk", "pg+redis", "kernel", "other",
     ):  # fmt: skip
         table.add_column(column, justify="right")
     for row in rows:
@@ -1071,6 +1092,7 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
             f"{row.server_cpu:.0f}%",
             f"{row.wrk_cpu:.0f}%",
             f"{row.dependency_cpu:.0f}%",
+            f"{row.kernel_cpu:.0f}%",
             f"{row.other_cpu:.0f}%",
         )
     out.print(table)
@@ -1082,7 +1104,8 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
         "included. degraded: 2xx decisions taken by the failure policy (state store over budget). "
         "rows: each round the tenant's decision rows grew by the 2xx answers (plus at most one "
         "request per connection wrk abandoned at its end). CPU during the decision run in % of "
-        "one core; other: the rest of the machine's busy time (other work on a shared VM)."
+        "one core; kernel: interrupts, softirqs (loopback networking) and kernel threads; other: "
+        "the rest of the machine's busy time (other work on the shared VM)."
     )
     if not log_rows:
         return

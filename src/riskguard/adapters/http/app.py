@@ -191,8 +191,9 @@ async def handle_decision(
     return _json(decision_out(result.record, replayed=result.replayed, recorded=result.recorded))
 
 
-def create_app(container: Any) -> FastAPI:
-    """The application over a built container (see riskguard.wiring)."""
+def create_app(container: Any) -> ServiceMiddleware:
+    """The ASGI application over a built container (see riskguard.wiring): the FastAPI app
+    (``.app``) inside the service middleware."""
     settings = container.settings
     metrics: Metrics = container.metrics
 
@@ -666,8 +667,9 @@ def create_app(container: Any) -> FastAPI:
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
 
-    app.add_middleware(
-        ServiceMiddleware,
+    # Outermost, so the decision fast path skips the framework's own middleware layers too.
+    return ServiceMiddleware(
+        app,
         trusted_hosts=settings.trusted_hosts,
         max_body_bytes=settings.max_body_bytes,
         behind_tls=settings.behind_tls,
@@ -677,7 +679,6 @@ def create_app(container: Any) -> FastAPI:
             container, authorization, body, request_id, received
         ),
     )
-    return app
 
 
 __all__ = ["CheckOut", "IssueOut", "create_app"]
