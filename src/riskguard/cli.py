@@ -265,7 +265,11 @@ def _run_with_store(work: Any) -> Any:
     from riskguard.adapters.sql.store import SqlDecisionStore
     from riskguard.ports import DependencyUnavailable
 
+    from riskguard.wiring import configure_logging
+
     settings = _settings()
+    # Commands print their result on stdout; the service's log lines go to stderr, warnings up.
+    configure_logging(settings.model_copy(update={"log_level": "warning"}), stream=sys.stderr)
 
     async def run() -> Any:
         store = SqlDecisionStore(settings.database_url)

@@ -368,6 +368,17 @@ def test_tenants_never_see_or_affect_each_other(
     created = httpx.post(server.url + "/v1/rules", json=rule, headers=b.headers("admin"))
     assert created.status_code == 201, created.text
     assert get(server, a, "/v1/rules/B_ONLY_RULE").status_code == 404
+    a_admin = a.headers("admin")
+    put = httpx.put(server.url + "/v1/rules/B_ONLY_RULE", json=rule, headers=a_admin)
+    assert put.status_code == 404
+    patch = httpx.patch(
+        server.url + "/v1/rules/B_ONLY_RULE", json={"enabled": False}, headers=a_admin
+    )
+    assert patch.status_code == 404
+    draft_a = get(server, a, "/v1/rulesets/draft").json()["document"]
+    assert all(r["id"] != "B_ONLY_RULE" for r in draft_a["rules"])
+    listed_a = get(server, a, "/v1/rules", include_deleted=True).json()["rules"]
+    assert all(r["id"] != "B_ONLY_RULE" for r in listed_a)
     assert (
         httpx.delete(server.url + "/v1/rules/B_ONLY_RULE", headers=a.headers("admin")).status_code
         == 404
