@@ -21,11 +21,13 @@ Per run: requests/s, latency p50/p90/p99/p99.9 (wrk's closed-loop latency, per r
 its own histogram; wrk's timeout is raised to ``--timeout`` so slow answers are counted, not
 dropped), statuses (any non-2xx fails the run), 2xx bodies marked ``degraded`` (decided by the
 failure policy because the state store missed the budget) or ``recorded: false``; CPU in % of one
-core over the run for the server (its process tree, from /proc/<pid>/stat), wrk, PostgreSQL +
-Redis (processes named ``postgres`` / ``redis-server``) and the whole machine (/proc/stat, plus
-the time the hypervisor stole). After each decision run the harness waits for the server to
-settle and checks that the tenant's decision rows grew by the number of 2xx answers (up to
-``connections`` more: requests wrk abandoned at the end of its run are still decided).
+core over the run (from /proc) for the server (its process tree; per process too, to see how
+uvicorn workers share the load), wrk, PostgreSQL + Redis (processes named ``postgres`` /
+``redis-server``), the kernel (interrupts, softirqs: loopback networking; kernel threads) and
+"other" (the rest of the machine's busy time: other users of a shared VM, named in the JSON).
+After each decision run the harness waits for the server to settle and checks that the
+tenant's decision rows grew by the number of 2xx answers (up to ``connections`` more: requests
+wrk abandoned at the end of its run are still decided).
 
 Every server configuration starts once per round, gets an unrecorded ``--warmup`` of decisions,
 then runs healthz and decisions at each connection count. Configurations run interleaved, one
@@ -35,12 +37,13 @@ the harness waits (up to ``--max-wait`` s) until other work leaves the machine a
 ``--quiet-below`` % busy, and it measures a pair again (up to ``--retries`` times) when other
 processes took more than ``--max-other`` % of a core during it; the output says how much of
 that was needed and which pairs stayed contended. A last round repeats the main connection
-count with the access log on (``RISKGUARD_ACCESS_LOG=true``, to a file). Output: the machine,
-the tables, PASS/FAIL per target, warnings and errors found in the server logs,
-then the JSON summary as the last line of stdout (progress goes to stderr).
+count with the access log on (``RISKGUARD_ACCESS_LOG=true``, to a file). A digest of
+src/riskguard is taken at every server start: figures from changed code are flagged, not pooled
+silently. Output: the machine, the tables, PASS/FAIL per target, warnings and errors found in
+the server logs, then the JSON summary as the last line of stdout (progress goes to stderr).
 
-    make bench-http                                        # defaults: about 8 minutes
-    .venv/bin/python bench/http.py --duration 5 --rounds 1 --workers 1   # smoke run, ~1 min
+    make bench-http                       # defaults: 8-15 minutes (longer on a busy machine)
+    .venv/bin/python bench/http.py --duration 4 --rounds 1 --workers 2 --connections-high 0
     .venv/bin/python bench/http.py --only postgresql --workers 2 --json bench-http.json
 
 Needs ``wrk`` (``apt-get install wrk``), and for (b) PostgreSQL and Redis (``make services``).
@@ -61,7 +64,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR] + [
 
 import argparse
 import asyncio
+import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -97,6 +102,7 @@ TARGET_DECISIONS_PER_S: Final = 2_000.0  # (b), on this 2-core machine, load gen
 TARGET_P99_MS: Final = 50.0
 TARGET_RATIO: Final = 0.35  # decisions/s over the same server's /healthz req/s
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+CPUS: Final = os.cpu_count() or 1
 DEPENDENCY_PROCESSES: Final = frozenset({"postgres", "redis-server"})
 
 out = Console()
@@ -204,7 +210,14 @@ class CpuUse:
     machine: float  # all busy time (not idle, iowait or steal)
     steal: float  # time the hypervisor gave to other VMs
     server_processes: int
+    server_split: tuple[float, ...]  # per server process, busiest first (uvicorn workers)
     top_other: tuple[tuple[str, float], ...]  # the busiest other processes: (comm, %)
+
+    def lopsided(self, workers: int) -> bool:
+        """One of several uvicorn workers did (nearly) all the work: the kernel handed it every
+        connection, and keep-alive connections stay where they were accepted."""
+        busiest = self.server_split[:workers]
+        return workers > 1 and len(busiest) == workers and busiest[-1] < 0.1 * busiest[0]
 
     @property
     def other(self) -> float:
@@ -216,13 +229,14 @@ class CpuUse:
         seconds = b.wall - a.wall
         total = max(1, b.machine[2] - a.machine[2])
         per_tick = 100.0 / CLK_TCK / seconds
-        server = dependencies = kernel_threads = 0.0
+        dependencies = kernel_threads = 0.0
+        split: list[float] = []
         others: Counter[str] = Counter()
         me = os.getpid()
         for pid, (comm, ticks) in b.processes.items():
             used = (ticks - a.processes.get(pid, (comm, 0))[1]) * per_tick
             if pid in b.server or pid in a.server:
-                server += used
+                split.append(used)
             elif comm in DEPENDENCY_PROCESSES:
                 dependencies += used
             elif _kernel_thread(comm):
@@ -230,13 +244,14 @@ class CpuUse:
             elif pid != me and used > 0:
                 others[f"{comm}[{pid}]"] += used
         return cls(
-            server=server,
+            server=sum(split),
             wrk=100.0 * (b.children - a.children) / seconds,
             dependencies=dependencies,
             kernel=kernel_threads + 100.0 * cpus * (b.machine[3] - a.machine[3]) / total,
             machine=100.0 * cpus * (b.machine[0] - a.machine[0]) / total,
             steal=100.0 * cpus * (b.machine[1] - a.machine[1]) / total,
             server_processes=len(b.server),
+            server_split=tuple(round(x, 1) for x in sorted(split, reverse=True)),
             top_other=tuple((name, round(pct, 1)) for name, pct in others.most_common(3)),
         )
 
@@ -267,6 +282,16 @@ class ServerConfig:
     def name(self) -> str:
         log = ", access log" if self.access_log else ""
         return f"{self.backend} w{self.workers}{log}"
+
+
+def source_digest() -> str:
+    """A digest of the service's source as a server would load it now: the code may change
+    between rounds while people work, and figures from different code must not be pooled."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "riskguard").rglob("*")):
+        if path.suffix in (".py", ".lua", ".yaml", ".yml", ".toml") and path.is_file():
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _free_port() -> int:
@@ -492,9 +517,9 @@ def run_wrk(
     endpoint: str,
     *,
     connections: int,
-    duration: float,
+    duration: int,
     threads: int,
-    timeout: float,
+    timeout: int,
     cpus: int,
     key: str = "",
 ) -> Run:
@@ -504,8 +529,8 @@ def run_wrk(
         wrk,
         f"-t{threads}",
         f"-c{connections}",
-        f"-d{duration:g}s",
-        f"--timeout={timeout:g}s",
+        f"-d{duration}s",
+        f"--timeout={timeout}s",
         "-s",
         str(script),
         server.url + path,
@@ -639,6 +664,7 @@ class Row:
     rows_added: int
     ok_2xx: int
     server_cpu: float
+    busiest_process_cpu: float  # the busiest server process (a uvicorn worker)
     wrk_cpu: float
     dependency_cpu: float
     machine_cpu: float
@@ -648,6 +674,11 @@ class Row:
     steal: float
     healthz_server_cpu: float
     healthz_wrk_cpu: float
+    # CPU time per answer, in µs (steadier than rates on a VM whose speed drifts)
+    healthz_server_us: float
+    server_us: float  # per decision, the server's processes
+    dependency_us: float  # per decision, PostgreSQL + Redis
+    total_us: float  # per decision: server + pg/redis + wrk + kernel
     statuses: dict[str, int]
 
     @property
@@ -671,13 +702,19 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         data = {
-            k: (round(v, 3) if isinstance(v, float) else v)
+            k: (round(v, 3) if math.isfinite(v) else None) if isinstance(v, float) else v
             for k, v in ((f, getattr(self, f)) for f in self.__slots__)
             if k != "config"
         }
+        data["cpu_bound_per_s"] = round(_cpu_bound(self), 1)
         data["config"] = asdict(self.config) | {"name": self.config.name}
         data["verdicts"] = self.verdicts()
         return data
+
+
+def _us(pct: float, run: Run) -> float:
+    """µs of CPU per answer, from a CPU share (% of one core) and the answer rate."""
+    return pct / 100.0 * 1e6 / run.per_s if run.per_s else math.inf
 
 
 def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run]]) -> Row:
@@ -709,6 +746,7 @@ def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run
         rows_added=sum(r.rows_added or 0 for r in runs),
         ok_2xx=sum(r.ok_2xx or 0 for r in runs),
         server_cpu=_med([r.cpu.server for r in runs]),
+        busiest_process_cpu=_med([max(r.cpu.server_split, default=0.0) for r in runs]),
         wrk_cpu=_med([r.cpu.wrk for r in runs]),
         dependency_cpu=_med([r.cpu.dependencies for r in runs]),
         machine_cpu=_med([r.cpu.machine for r in runs]),
@@ -718,6 +756,12 @@ def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run
         steal=_med([r.cpu.steal for r in runs]),
         healthz_server_cpu=_med([h.cpu.server for h in health]),
         healthz_wrk_cpu=_med([h.cpu.wrk for h in health]),
+        healthz_server_us=_med([_us(h.cpu.server, h) for h in health]),
+        server_us=_med([_us(r.cpu.server, r) for r in runs]),
+        dependency_us=_med([_us(r.cpu.dependencies, r) for r in runs]),
+        total_us=_med(
+            [_us(r.cpu.server + r.cpu.dependencies + r.cpu.wrk + r.cpu.kernel, r) for r in runs]
+        ),
         statuses=dict(statuses),
     )
 
@@ -742,7 +786,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (whole)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
         "--connections-high",
@@ -755,8 +799,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workers", type=int, nargs="+", default=[1, 2], help="uvicorn processes for (b)"
     )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds per server")
-    parser.add_argument("--timeout", type=float, default=10.0, help="wrk's request timeout (s)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="unrecorded seconds per server (0: none)"
+    )
+    parser.add_argument("--timeout", type=int, default=10, help="wrk's request timeout (whole s)")
     parser.add_argument(
         "--quiet-below",
         type=float,
@@ -782,8 +828,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.threads < 1:
-        parser.error("--duration, --rounds, --connections and --threads must be positive")
+    if min(args.duration, args.rounds, args.connections, args.threads, args.timeout) < 1:
+        parser.error("--duration, --rounds, --connections, --threads, --timeout must be >= 1")
+    if args.warmup < 0 or args.connections_high < 0 or args.retries < 0:
+        parser.error("--warmup, --connections-high and --retries cannot be negative")
     if args.threads > args.connections:
         parser.error("--threads cannot exceed --connections")
     return args
@@ -891,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     background: list[dict[str, Any]] = []  # the machine before each measured pair of runs
 
-    def go(server: Server, endpoint: str, conns: int, seconds: float, key: str = "") -> Run:
+    def go(server: Server, endpoint: str, conns: int, seconds: int, key: str = "") -> Run:
         return run_wrk(
             wrk,
             server,
@@ -904,12 +952,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             key=key,
         )
 
+    lopsided: list[str] = []
+
     def one_server(config: ServerConfig, backend: Backend, label: str) -> None:
         name = f"server-{config.backend}-w{config.workers}"
         log_path = log_dir / f"{name}{'-accesslog' if config.access_log else ''}-{label}.log"
         server = Server(backend, config, secret, log_path)
         wait_for_quiet(cpus, args.quiet_below, args.max_wait)
-        err.log(f"{label}: starting {config.name}")
+        source = source_digest()
+        err.log(f"{label}: starting {config.name} (source {source})")
         server.start()
         try:
             if args.warmup > 0:
@@ -930,7 +981,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{decided.degraded}, rows +{decided.rows_added:,} for "
                         f"{decided.ok_2xx:,} 2xx; CPU server {decided.cpu.server:.0f}% wrk "
                         f"{decided.cpu.wrk:.0f}% pg+redis {decided.cpu.dependencies:.0f}% "
-                        f"other {other:.0f}%"
+                        f"kernel {decided.cpu.kernel:.0f}% other {other:.0f}%"
+                        + (
+                            f"; per server process {list(decided.cpu.server_split)}"
+                            if config.workers > 1
+                            else ""
+                        )
                     )
                     if other <= args.max_other or attempt > args.retries:
                         break
@@ -940,6 +996,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{', '.join(f'{n} {p:.0f}%' for n, p in busiest[:3])}): measuring again"
                     )
                 runs.setdefault((config, conns), []).append((health, decided))
+                if decided.cpu.lopsided(config.workers):
+                    lopsided.append(
+                        f"{config.name}, {conns} connections, {label}: {decided.per_s:,.0f} "
+                        f"decisions/s, CPU per server process {list(decided.cpu.server_split)}"
+                    )
                 background.append(
                     {
                         "server": config.name,
@@ -950,6 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "attempts": attempt,
                         "other_pct": round(other, 1),
                         "contended": other > args.max_other,
+                        "source": source,
                     }
                 )
             if not server.alive():
@@ -982,6 +1044,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_results(args, rows, log_rows)
     headline = print_targets(args, rows)
     print_findings(findings, crashed)
+    if lopsided:
+        out.print(
+            "[yellow]Decision runs where one of the uvicorn workers did nearly all the work[/] "
+            "(it accepted every connection; wrk's keep-alive connections never move):"
+        )
+        for line in lopsided:
+            out.print(f"  {line}", markup=False, highlight=False)
+    sources = sorted({b["source"] for b in background})
+    if len(sources) > 1:
+        out.print(
+            f"[red]The service's source changed during the run[/] ({len(sources)} versions: "
+            f"{', '.join(sources)}): these figures mix code versions; run again on fixed code."
+        )
+    else:
+        out.print(f"Service source digest (src/riskguard): {sources[0]}, the same for every run.")
     contended = [b for b in background if b["contended"]]
     out.print(
         f"Shared machine: waited {sum(b['waited_s'] for b in background):.0f} s in all for "
@@ -1039,9 +1116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for (c, n), pairs in runs.items()
             for i, (h, d) in enumerate(pairs)
         ],
+        "source_digests": sources,
+        "git_head": _git_head(),
         "pairs": background,
         "server_logs": findings.to_dict(),
         "servers_died": crashed,
+        "lopsided_worker_runs": lopsided,
         "elapsed_s": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": load_average()},
     }
@@ -1056,8 +1136,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _git_head() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
+
+
 def _backend(config: ServerConfig) -> str:
     return "(a) sqlite+mem" if config.backend == "sqlite" else "(b) pg+redis"
+
+
+def _cpu_bound(row: Row) -> float:
+    """Decisions/s if CPU were the only limit: all CPUs at the measured cost per decision, and
+    the server's processes at most one core each."""
+    if not (row.total_us > 0 and row.server_us > 0 and math.isfinite(row.total_us)):
+        return 0.0
+    machine = CPUS * 1e6 / row.total_us
+    server = min(row.config.workers, CPUS) * 1e6 / row.server_us
+    return min(machine, server)
 
 
 def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]) -> None:
@@ -1067,11 +1172,9 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
         title_justify="left",
     )
     table.add_column("backend", no_wrap=True)
-    for column in ("w", "conns"):
-        table.add_column(column, justify="right")
     for column in (
-        "healthz/s", "decisions/s", "min-max", "ratio", "p50 ms", "p99 ms", "non-2xx",
-        "degraded", "rows", "CPU: server", "wrk", "pg+redis", "kernel", "other",
+        "w", "conns", "healthz/s", "decisions/s", "min-max", "ratio", "p50 ms", "p90 ms",
+        "p99 ms", "p99.9 ms", "non-2xx", "degraded", "rows",
     ):  # fmt: skip
         table.add_column(column, justify="right")
     for row in rows:
@@ -1085,15 +1188,12 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
             f"{row.per_s_min:,.0f}-{row.per_s_max:,.0f}",
             f"{100 * row.ratio:.0f}%",
             f"{row.p50_ms:.1f}",
+            f"{row.p90_ms:.1f}",
             f"{row.p99_ms:.1f}",
+            f"{row.p999_ms:.1f}",
             f"[red]{errors:,}[/]" if errors else "0",
             f"[yellow]{row.degraded:,}[/]" if row.degraded else "0",
             "ok" if row.rows_ok else "[red]NO[/]",
-            f"{row.server_cpu:.0f}%",
-            f"{row.wrk_cpu:.0f}%",
-            f"{row.dependency_cpu:.0f}%",
-            f"{row.kernel_cpu:.0f}%",
-            f"{row.other_cpu:.0f}%",
         )
     out.print(table)
     out.print(
@@ -1101,11 +1201,45 @@ def print_results(args: argparse.Namespace, rows: list[Row], log_rows: list[Row]
         "process at the same connections, measured right before (median of per-round ratios). "
         "Latency: wrk's, closed loop (a connection sends its next request when the answer "
         "arrives). non-2xx: non-2xx answers and socket errors summed over the rounds, healthz "
-        "included. degraded: 2xx decisions taken by the failure policy (state store over budget). "
-        "rows: each round the tenant's decision rows grew by the 2xx answers (plus at most one "
-        "request per connection wrk abandoned at its end). CPU during the decision run in % of "
-        "one core; kernel: interrupts, softirqs (loopback networking) and kernel threads; other: "
-        "the rest of the machine's busy time (other work on the shared VM)."
+        "included. degraded: 2xx decisions taken by the failure policy (state store over budget), "
+        "summed. rows: each round the tenant's decision rows grew by the 2xx answers (plus at "
+        "most one request per connection wrk abandoned at its end)."
+    )
+    cost = Table(
+        title="Where the CPU goes during the decision runs (medians)", title_justify="left"
+    )
+    cost.add_column("backend", no_wrap=True)
+    for column in (
+        "w", "conns", "% server", "% wrk", "% pg+redis", "% kernel", "% other",
+        "µs: healthz server", "decision server", "pg+redis", "all", "x healthz", "CPU-bound /s",
+    ):  # fmt: skip
+        cost.add_column(column, justify="right")
+    for row in rows:
+        cost.add_row(
+            _backend(row.config),
+            str(row.config.workers),
+            str(row.connections),
+            f"{row.server_cpu:.0f}",
+            f"{row.wrk_cpu:.0f}",
+            f"{row.dependency_cpu:.0f}",
+            f"{row.kernel_cpu:.0f}",
+            f"{row.other_cpu:.0f}",
+            f"{row.healthz_server_us:,.0f}",
+            f"{row.server_us:,.0f}",
+            f"{row.dependency_us:,.0f}",
+            f"{row.total_us:,.0f}",
+            f"{row.server_us / row.healthz_server_us:.1f}" if row.healthz_server_us else "-",
+            f"{_cpu_bound(row):,.0f}",
+        )
+    out.print(cost)
+    out.print(
+        f"%: CPU in % of one core ({CPUS} CPUs: {100 * CPUS}% is the whole machine). kernel: "
+        "interrupts, softirqs (loopback networking), kernel threads; other: the rest of the "
+        "machine's busy time (other work on a shared VM). µs: CPU time per answer — the "
+        "server's per /healthz answer, then per decision: the server's, PostgreSQL + Redis's, "
+        "and all (server + pg/redis + wrk + kernel). x healthz: server CPU per decision over "
+        "per healthz answer. CPU-bound /s: decisions/s if CPU were the only limit (all CPUs at "
+        "'all' µs each, the server's processes at most one core each)."
     )
     if not log_rows:
         return
@@ -1210,14 +1344,24 @@ def print_findings(findings: LogFindings, crashed: list[str]) -> None:
     out.print("[yellow]Server logs[/]: warnings and errors (count, level, event - configuration)")
     for key, n in findings.events.most_common():
         out.print(f"  {n:>7,}  {key}", markup=False, highlight=False)
-        out.print(f"           e.g. {findings.examples[key]}", markup=False, highlight=False)
+        out.print(
+            f"           e.g. {findings.examples[key]}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for config, n in findings.not_json.most_common():
         out.print(
             f"  {n:>7,}  lines that are not one JSON object - {config}; e.g.",
             markup=False,
             highlight=False,
         )
-        out.print(f"           {findings.not_json_examples[config]}", markup=False, highlight=False)
+        out.print(
+            f"           {findings.not_json_examples[config]}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 if __name__ == "__main__":

@@ -264,7 +264,6 @@ def _run_with_store(work: Any) -> Any:
     from riskguard.adapters.sql.migrate import upgrade
     from riskguard.adapters.sql.store import SqlDecisionStore
     from riskguard.ports import DependencyUnavailable
-
     from riskguard.wiring import configure_logging
 
     settings = _settings()
