@@ -5,7 +5,9 @@ SQLite: every new connection gets ``journal_mode=WAL`` (readers never block the 
 ``busy_timeout=5000`` and ``foreign_keys=ON``.
 
 PostgreSQL (asyncpg): a 5 s connect timeout and a statement timeout, so a database that is down
-or unresponsive turns into an error within seconds instead of a hang.
+or unresponsive turns into an error within seconds instead of a hang. The decision store's
+group-commit writer uses a plain asyncpg connection with the same settings
+(:func:`asyncpg_connect_kwargs`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ def is_db_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("asyncpg", "aiosqlite"))
 
 
+def _pg_connect_args() -> dict[str, Any]:
+    return {
+        "timeout": CONNECT_TIMEOUT_S,
+        "command_timeout": COMMAND_TIMEOUT_S,
+        "server_settings": {"application_name": "riskguard"},
+    }
+
+
+def asyncpg_connect_kwargs(engine: AsyncEngine) -> dict[str, Any]:
+    """Keyword arguments of ``asyncpg.connect()`` for the database of a PostgreSQL ``engine``:
+    the engine's own translation of its URL (host, port, user, password, database, ssl, ...)
+    plus the connect and statement timeouts every connection gets."""
+    _args, kwargs = engine.dialect.create_connect_args(engine.url)
+    for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        kwargs.pop(adapter_only, None)
+    kwargs.update(_pg_connect_args())
+    return dict(kwargs)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
@@ -61,6 +82,11 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 def dumps(value: Any) -> str:
     """JSON text of ``value`` (orjson; mappings, sets and tuples allowed)."""
     return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS).decode()
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """:func:`dumps` as UTF-8 bytes (no decode, for a driver that sends bytes as they are)."""
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
 
 
 def loads(text: str | bytes) -> Any:
@@ -81,9 +107,7 @@ def make_engine(
     *,
     pool_size: int = 5,
     max_overflow: int = 5,
-    autocommit: bool = False,
     null_pool: bool = False,
-    reset_on_return: bool = True,
 ) -> AsyncEngine:
     """An engine for ``url`` (any form :func:`urls.normalize` accepts)."""
     normalized = normalize(url)
@@ -92,16 +116,8 @@ def make_engine(
         "json_serializer": dumps,
         "json_deserializer": loads,
     }
-    if autocommit:
-        kwargs["isolation_level"] = "AUTOCOMMIT"
-    if not reset_on_return:  # the caller always leaves the connection outside a transaction
-        kwargs["pool_reset_on_return"] = None
     if dialect == "postgresql":
-        kwargs["connect_args"] = {
-            "timeout": CONNECT_TIMEOUT_S,
-            "command_timeout": COMMAND_TIMEOUT_S,
-            "server_settings": {"application_name": "riskguard"},
-        }
+        kwargs["connect_args"] = _pg_connect_args()
     else:
         kwargs["connect_args"] = {"timeout": 5.0}
     if null_pool:

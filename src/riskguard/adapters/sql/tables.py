@@ -3,12 +3,27 @@
 Every row carries its tenant id; every query of the store filters on it first, so each index
 below leads with ``tenant_id``. Timestamps are timezone-aware and stored in UTC (SQLite keeps
 them as ``YYYY-MM-DD HH:MM:SS.ffffff`` text, which sorts chronologically; the store turns the
-naive values SQLite returns back into aware UTC). JSON is JSONB on PostgreSQL, text on SQLite.
+naive values SQLite returns back into aware UTC). JSON is JSONB on PostgreSQL, text on SQLite —
+except in ``decisions`` (below).
 
 ``decisions`` has no foreign key to ``tenants`` on purpose: it is the hot, append-only table and
 its tenant id comes from an authenticated key, so the insert path skips a parent-row lookup and
 (on PostgreSQL) the ``FOR KEY SHARE`` lock every child insert would take on the tenant's row.
 Text columns have no length limit so one odd record can never fail a group-committed batch.
+
+What every decision insert costs the database is kept small (migration 0002):
+
+- Its four JSON columns are ``json``, not ``jsonb``, on PostgreSQL: the record is written once
+  and read back whole, never queried inside, and ``json`` only checks the text where ``jsonb``
+  parses it into a tree (numbers into ``numeric``) — a fifth of the server's CPU per insert.
+  The text is kept as written (key order included); it may hold ``\u0000``, which ``jsonb``
+  refuses. Its columns compress with LZ4 where the server supports it (``pglz`` is slower).
+- ``ix_decisions_tenant_outcome`` is partial (``outcome <> 'allow'``): most decisions allow,
+  so most inserts skip that index; the list query for ``allow`` reads the tenant+time index
+  and filters, which finds allowed rows quickly because they are the common case.
+- The store inserts a batch as one array of the composite type ``decision_insert_row`` (its
+  fields are the columns of ``DECISION_COLUMNS``, in order). Types are not part of this
+  metadata; migration 0002 creates it (PostgreSQL only).
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -43,6 +59,8 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 Json = JSON().with_variant(JSONB(), "postgresql")
+# the predicate of the partial index ix_decisions_tenant_outcome (the list query repeats it)
+OUTCOME_INDEX_WHERE = "outcome <> 'allow'"
 Timestamp = DateTime(timezone=True)
 
 tenants = Table(
@@ -90,17 +108,18 @@ decisions = Table(
     Column("model_version", String, nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("degraded", Boolean, nullable=False),
-    Column("event", Json, nullable=False),
-    Column("features", Json, nullable=False),
-    Column("reasons", Json, nullable=False),
-    Column("shadow_reasons", Json, nullable=False),
+    Column("event", JSON, nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("shadow_reasons", JSON, nullable=False),
     Column("explanation", Text, nullable=False),
     PrimaryKeyConstraint("decision_id", name="pk_decisions"),
     UniqueConstraint("tenant_id", "event_id", name="uq_decisions_tenant_event"),
 )
 
 # The list query: one tenant, newest first, keyset on (occurred_at, decision_id); each filter
-# of DecisionQuery has an index that keeps the same order after its equality.
+# of DecisionQuery has an index that keeps the same order after its equality (the outcome
+# index only for outcomes other than "allow", see above).
 Index(
     "ix_decisions_tenant_time",
     decisions.c.tenant_id,
@@ -127,6 +146,8 @@ Index(
     decisions.c.outcome,
     decisions.c.occurred_at.desc(),
     decisions.c.decision_id.desc(),
+    postgresql_where=text(OUTCOME_INDEX_WHERE),
+    sqlite_where=text(OUTCOME_INDEX_WHERE),
 )
 
 ruleset_versions = Table(
@@ -182,3 +203,5 @@ rule_drafts = Table(
 
 DECISION_COLUMNS: tuple[str, ...] = tuple(c.name for c in decisions.columns)
 JSON_DECISION_COLUMNS = frozenset({"event", "features", "reasons", "shadow_reasons"})
+# PostgreSQL: the composite type of one inserted decision (fields: DECISION_COLUMNS, in order)
+DECISION_ROW_TYPE = "decision_insert_row"
