@@ -14,6 +14,7 @@ import math
 import random
 import re
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -910,5 +911,318 @@ def test_every_connection_returns_to_the_pool(redis_url: str, prefix: str) -> No
             assert sorted(counts) == [float(i) for i in range(1, 201)]
         finally:
             await store.close()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------------------------
+# The hot path's own RESP client (adapters/redis/resp.py): cancellation, reconnection, AUTH and
+# SELECT from the URL, error replies, TLS left to redis-py.
+
+
+class DelayProxy(Proxy):
+    """A proxy whose replies (Redis to client) are held back ``delay`` seconds."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.delay = 0.0
+        self.accepted = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if slow and self.delay:
+                        await asyncio.sleep(self.delay)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+def test_a_cancelled_call_drops_its_connection(redis_url: str, prefix: str) -> None:
+    """The caller's latency budget cancels a call whose reply is late: the connection (with the
+    reply still pending on it) is closed, and the next call gets its own reply on a new one."""
+    from urllib.parse import urlsplit
+
+    who = tenant()
+
+    async def main() -> None:
+        proxy = DelayProxy(urlsplit(redis_url).port or 6379)
+        await proxy.start()
+        store = RedisStateStore(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix, timeout_s=5)
+
+        async def count() -> float:
+            env = probe_fields(5.0)
+            await store.apply(who, PROBE.plan("transaction", env), T0, env, env, None)
+            return float(env["features.v.count_1h"])
+
+        try:
+            assert await count() == 1.0
+            assert proxy.accepted == 1
+            assert len(store._idle) == 1
+            proxy.delay = 0.3
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await count()  # sent, so it counts; its reply comes too late
+            assert store._idle == []  # not given back: its reply is still on the way
+            assert not store._live
+            proxy.delay = 0.0
+            await asyncio.sleep(0.4)  # the late reply reaches the dropped connection, if any
+            assert await count() == 3.0  # its own reply, not the previous call's (2.0)
+            assert proxy.accepted == 2
+        finally:
+            await store.close()
+            await proxy.stop()
+
+    run(main())
+
+
+def test_its_own_timeout_drops_the_connection_too(redis_url: str, prefix: str) -> None:
+    from urllib.parse import urlsplit
+
+    who = tenant()
+
+    async def main() -> None:
+        proxy = DelayProxy(urlsplit(redis_url).port or 6379)
+        await proxy.start()
+        store = RedisStateStore(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix, timeout_s=0.1)
+        try:
+            env = probe_fields(5.0)
+            ops = PROBE.plan("transaction", env)
+            await store.apply(who, ops, T0, env, env, None)
+            proxy.delay = 0.3
+            with pytest.raises(DependencyUnavailable, match="TimeoutError"):
+                await store.apply(who, ops, T0, env, env, None)
+            assert store._idle == []
+            proxy.delay = 0.0
+            await asyncio.sleep(0.4)
+            env = probe_fields(5.0)
+            await store.apply(who, ops, T0, env, env, None)
+            assert env["features.v.count_1h"] == 3.0
+        finally:
+            await store.close()
+            await proxy.stop()
+
+    run(main())
+
+
+def test_idle_connections_closed_by_the_server_are_replaced(redis_url: str, prefix: str) -> None:
+    """Connections the server closed while idle (a restart, a proxy, CLIENT KILL) are noticed and
+    replaced: the next call does not fail."""
+    from urllib.parse import urlsplit
+
+    who = tenant()
+
+    async def main() -> None:
+        proxy = Proxy(urlsplit(redis_url).port or 6379)
+        await proxy.start()
+        store = RedisStateStore(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix, timeout_s=1)
+
+        async def count() -> float:
+            env = probe_fields(5.0)
+            await store.apply(who, PROBE.plan("transaction", env), T0, env, env, None)
+            return float(env["features.v.count_1h"])
+
+        try:
+            await asyncio.gather(count(), count(), count())  # three connections, then idle
+            assert len(store._idle) == 3
+            await proxy.stop()
+            await proxy.start()
+            await asyncio.sleep(0.05)
+            assert await count() == 4.0
+            assert await count() == 5.0
+        finally:
+            await store.close()
+            await proxy.stop()
+
+    run(main())
+
+
+def test_error_replies_surface_and_the_store_recovers(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reply (not NOSCRIPT) is a DependencyUnavailable naming Redis's message."""
+    who = tenant()
+    broken = f"return redis.error_reply('riskguard test {uuid.uuid4().hex}')"
+
+    async def main() -> None:
+        store = RedisStateStore(redis_url, prefix=prefix, timeout_s=2)
+        env = probe_fields(5.0)
+        ops = PROBE.plan("transaction", env)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(redis_state, "SCRIPT", broken)
+                patch.setattr(redis_state, "SCRIPT_SHA", "0" * 40)  # NOSCRIPT, then EVAL
+                with pytest.raises(DependencyUnavailable, match="riskguard test"):
+                    await store.apply(who, ops, T0, env, env, None)
+            await store.apply(who, ops, T0, env, env, None)
+            assert env["features.v.count_1h"] == 1.0
+        finally:
+            await store.close()
+
+    run(main())
+
+
+class OwnRedis:
+    """A redis-server of the test's own (the shared one is never reconfigured)."""
+
+    def __init__(self, directory: Any, *args: str) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (the Debian package redis-server)")
+        self.port = free_port()
+        self.socket = f"{directory}/redis.sock"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory), "--unixsocket", self.socket,
+             "--unixsocketperm", "700", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path, "--requirepass", "s3cret-pw")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_password_user_and_database_come_from_the_url(own_redis: OwnRedis) -> None:
+    """AUTH (password alone, or an ACL user and password) and SELECT as the URL says, over TCP
+    and a Unix socket; a wrong password fails without showing it."""
+    port = own_redis.port
+
+    async def main() -> None:
+        admin = aioredis.Redis(port=port, password="s3cret-pw")
+        await admin.execute_command("ACL", "SETUSER", "rg-user", "on", ">p@ss:w/rd", "~*", "+@all")
+        try:
+            for url, db in (
+                (f"redis://:s3cret-pw@127.0.0.1:{port}/3", 3),
+                (f"redis://rg-user:p%40ss%3Aw%2Frd@127.0.0.1:{port}/5", 5),
+                (f"unix://:s3cret-pw@{own_redis.socket}?db=7", 7),
+                (f"redis://:s3cret-pw@127.0.0.1:{port}", 0),
+            ):
+                store = RedisStateStore(url, prefix="rgown", timeout_s=2)
+                assert store._endpoint is not None  # the hot path's own client
+                try:
+                    for expected in (1.0, 2.0):
+                        env = probe_fields(5.0)
+                        claim = Claim(f"e-{expected}", "h")
+                        ops = PROBE.plan("transaction", env)
+                        assert await store.apply("t", ops, T0, env, env, claim) is None
+                        assert env["features.v.count_1h"] == expected
+                    await store.ping()
+                finally:
+                    await store.close()
+                selected = aioredis.Redis(port=port, password="s3cret-pw", db=db)
+                try:
+                    keys = sorted([k.decode() async for k in selected.scan_iter(match="rgown:*")])
+                    assert len(keys) == 3, (url, keys)  # two claims and the state
+                    await selected.delete(*keys)
+                finally:
+                    await selected.aclose()
+            for url in (
+                f"redis://:wrong-pw@127.0.0.1:{port}/0",
+                f"redis://rg-user:wrong-pw@127.0.0.1:{port}/0",
+                f"redis://127.0.0.1:{port}/0",  # no password at all
+            ):
+                store = RedisStateStore(url, prefix="rgown", timeout_s=2)
+                try:
+                    env = probe_fields(5.0)
+                    with pytest.raises(DependencyUnavailable) as info:
+                        await store.apply("t", PROBE.plan("transaction", env), T0, env, env, None)
+                    assert "wrong-pw" not in str(info.value)
+                    assert str(info.value).startswith("redis: ")
+                finally:
+                    await store.close()
+        finally:
+            await admin.aclose()
+
+    run(main())
+
+
+def test_tls_urls_stay_with_redis_py(redis_url: str) -> None:
+    """``rediss://`` is not spoken by the hot path's client: the store keeps redis-py's TLS
+    connections for it (here against a plain server, so the handshake fails, cleanly)."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(redis_url).port or 6379
+
+    async def main() -> None:
+        store = RedisStateStore(f"rediss://:tls-s3cret@127.0.0.1:{port}/0", timeout_s=0.5)
+        assert store._endpoint is None
+        try:
+            env = probe_fields(5.0)
+            with pytest.raises(DependencyUnavailable) as info:
+                await store.apply("t", PROBE.plan("transaction", env), T0, env, env, None)
+            assert "tls-s3cret" not in str(info.value)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_calls_waiting_for_a_connection_can_be_cancelled(redis_url: str, prefix: str) -> None:
+    """With every connection busy, calls queue; one cancelled while queued gives up its turn,
+    and every slot is free again at the end."""
+    from urllib.parse import urlsplit
+
+    who = tenant()
+
+    async def main() -> None:
+        proxy = DelayProxy(urlsplit(redis_url).port or 6379)
+        await proxy.start()
+        store = RedisStateStore(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix, timeout_s=5, max_connections=1
+        )
+
+        async def count() -> float:
+            env = probe_fields(5.0)
+            await store.apply(who, PROBE.plan("transaction", env), T0, env, env, None)
+            return float(env["features.v.count_1h"])
+
+        try:
+            proxy.delay = 0.1
+            first = asyncio.create_task(count())
+            await asyncio.sleep(0.02)
+            second, third = asyncio.create_task(count()), asyncio.create_task(count())
+            await asyncio.sleep(0.02)
+            assert len(store._waiting) == 2
+            second.cancel()
+            assert await first == 1.0
+            assert await third == 2.0
+            assert second.cancelled()
+            assert (store._free, len(store._waiting), proxy.accepted) == (1, 0, 1)
+        finally:
+            await store.close()
+            await proxy.stop()
 
     run(main())

@@ -41,13 +41,14 @@ then group the ops by the slot of their key (``CLUSTER KEYSLOT``/CRC16 of the ha
 group failed; atomicity then holds per entity (every op of one entity is in one group), which is
 what the feature values depend on, but not across the whole event.
 
-**State encoding.** One string per key, doubles packed with ``struct``: velocity ``[last bucket,
-count, sum, 13 counts, 13 sums]`` per window then the distinct map (8-byte digests, then one
-double per value); baseline 3 doubles; hour profile 30; novelty a flag, the first time and its
-map; geo velocity time, lat, lon and the country; continuity the event count and each
-attribute's first value; last seen one double. The default pack's largest state is the payment
-velocity (4 windows and a 16-value map: about 1.2 KB). A state is written back (``SET ... EX``)
-only when the event changed it.
+**State encoding.** One string per key, doubles packed with ``struct``: velocity a header (count
+and sum per window, then the last bucket per window), then per window its 13 slots (count and
+sum each), then the distinct map (8-byte digests, then one double per value); a velocity without
+a sum path keeps no sums (they would stay 0.0), which halves it. Baseline 3 doubles; hour
+profile 30; novelty a flag, the first time and its map; geo velocity time, lat, lon and the
+country; continuity the event count and each attribute's first value; last seen one double. The
+default pack's largest state is the payment velocity (4 windows and a 16-value map: about
+1.2 KB). A state is written back (``SET ... EX``) only when the event changed it.
 
 **Expiry.** Every write sets the key's TTL: velocity the longest window plus one bucket width
 (rounded up to whole seconds), continuity 7 days, the other kinds ``profile_ttl_s`` (90 days).
@@ -63,41 +64,65 @@ forgotten and the entity starts afresh, as does a session's continuity after 7 d
 that leaves a state unchanged (its ``when`` filter false, nothing pending to fold) does not
 extend the state's life.
 
+**The client.** The hot path does not go through redis-py: :mod:`.resp` is a small asyncio
+protocol (hiredis parses the replies) with one command in flight per connection, and the store
+keeps its own stack of idle connections and count of free ones (``max_connections``). The
+command is packed by hiredis from the keys and op blobs, whose constant parts (kind, TTL as
+text, struct formats) each codec builds once. AUTH (password, or ACL user and password), the
+database number and a client name come from the URL, over TCP or a Unix socket; ``rediss://``
+(TLS) keeps redis-py's connections for the hot path too. ``ping`` and ``release`` always use
+redis-py.
+
 **Failures.** Every Redis error, timeout or refused connection raises
 :class:`~riskguard.ports.DependencyUnavailable` (the URL's password never appears in the
 message). Commands are not retried — an ``EVALSHA`` that timed out (or whose caller was
-cancelled) after it was sent may have run, claim included — and the pool reconnects on the next
-call when Redis is back; ``env`` is only written once the reply is in, so a failed call leaves it
-untouched; a Redis restarted empty answers ``NOSCRIPT`` and
-the store falls back to ``EVAL`` with the script text, which loads it again.
+cancelled) after it was sent may have run, claim included — and a connection that failed, timed
+out or was cancelled is closed, never reused (its reply may still be on the way); connections the
+server closed while idle are noticed and replaced, so the store reconnects on the next call when
+Redis is back. ``env`` is only written once the reply is in, so a failed call leaves it
+untouched; a Redis restarted empty answers ``NOSCRIPT`` and the store falls back to ``EVAL``
+with the script text, which loads it again.
 
-**Cost.** ``bench/state_store.py`` (20,000 simulated events of the default pack, 6.3 feature
-ops an event, claims on; a shared 2-vCPU VM, Redis 7.0 on the same host): the script costs about
-120 µs of Redis CPU per event (``usec_per_call`` of ``EVALSHA``), some 10 µs of it the fixed cost
-of any script call that takes a claim, the most expensive op a 4-window velocity with a distinct
-map (about 35 µs: unpacking and repacking its 116 doubles is a fifth of that). One client awaiting
-each call sees about 400 µs p50 and 770 µs p99 per event, 13x the in-memory store; most of that
-is the client library, not Redis. State costs 24 bytes (a baseline) to 1.1 KB (the payment
-velocity) a key, plus Redis's per-key overhead of about 110 bytes; a claim about 180 bytes.
+**Cost.** Measured on the default pack's simulated traffic (6.2 feature ops an event, claims
+on; a shared 2-vCPU VM, Redis 7.0 on the same host, medians of interleaved runs; the VM is noisy,
+so instruction counts under callgrind were used to compare variants): the script costs about
+100 µs of Redis CPU per event (``usec_per_call`` of ``EVALSHA``; 370k instructions, a third less
+than the first version), some 15 µs of it the fixed cost of any script call that takes a claim.
+In the script, a redis.call costs about as much as 2 KB of string handling, and Redis's Lua hashes
+every byte of every string it creates, so the script reads all states with one MGET, unpacks only
+the doubles an event needs and copies the rest as slices; closures are avoided (each one created
+per call cost more than some steps). The client spends about 25 µs of Python per event encoding
+the ops and decoding the reply, and about half the CPU per call of the redis-py path it replaced.
+State costs 24 bytes (a baseline) to 1.1 KB (the payment velocity) a key, plus Redis's per-key
+overhead of about 110 bytes; a claim about 180 bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import struct
-import weakref
+from collections import deque
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from riskguard.adapters.redis.resp import (
+    Endpoint,
+    ReplyErrorRaised,
+    RespConnection,
+    open_connection,
+)
 from riskguard.engine.features import (
     KEY_SEPARATOR,
     Baseline,
@@ -124,11 +149,10 @@ _COMPENSATED_SUM: Final = sum([1.0, 1e100, 1.0, -1e100]) == 2.0
 
 _VELOCITY, _BASELINE, _HOUR_PROFILE, _NOVELTY, _GEO, _CONTINUITY, _LAST_SEEN = range(1, 8)
 
-_HEADER = struct.Struct("<BIB")
+_HEADER = struct.Struct("<BB")
 _DOUBLES3 = struct.Struct("<ddd")
 _DOUBLES5 = struct.Struct("<ddddd")
 _FLAG_DOUBLE = struct.Struct("<Bd")
-_HOUR_ARGS = struct.Struct("<BdBd")
 _NOVELTY_REPLY = struct.Struct("<dBdBd")
 _GEO_ARGS = struct.Struct("<Bddd")
 _GEO_STATE = struct.Struct("<dddB")
@@ -136,12 +160,25 @@ _LENGTH = struct.Struct("<I")
 _ATTRIBUTE = struct.Struct("<BI")
 _DOUBLE = struct.Struct("<d")
 _ABSENT_ATTRIBUTE: Final = _ATTRIBUTE.pack(0, 0)
+_NO_DIGEST: Final = bytes(8)
+
+
+_DIGESTS: dict[str, bytes] = {}  # value_digest of recent strings (ids repeat across events)
 
 
 def value_digest(value: Any) -> bytes:
     """8 bytes naming a distinct/novelty value: the in-memory rule (a string's text, ``repr`` of
     anything else), hashed with BLAKE2b so every process agrees."""
-    text = value if value.__class__ is str else repr(value)
+    if value.__class__ is str:
+        digest = _DIGESTS.get(value)
+        if digest is None:
+            if len(_DIGESTS) >= 50_000:
+                _DIGESTS.clear()
+            digest = _DIGESTS[value] = hashlib.blake2b(
+                value.encode("utf-8", "surrogatepass"), digest_size=8
+            ).digest()
+        return digest
+    text = repr(value)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
@@ -170,6 +207,19 @@ def _ttl(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
+def _text(data: bytes) -> bytes:
+    """``data`` as the script reads a struct ``Bc0``: a length byte, then the bytes."""
+    if len(data) > 255:
+        raise ValueError("too long for the script's Bc0 field")
+    return bytes([len(data)]) + data
+
+
+def _op_prefix(kind: int, ttl: int) -> bytes:
+    """The start of every op blob: the kind, then the key's TTL in seconds as text (what the
+    script passes to ``SET ... EX`` as it is)."""
+    return bytes([kind]) + _text(str(ttl).encode())
+
+
 # --------------------------------------------------------------------------------------------
 # Codecs: per feature kind, the op blob sent to the script and the outputs built from its reply.
 
@@ -192,35 +242,47 @@ class _VelocityCodec(_Codec):
         "args",
         "distinct_keys",
         "distinct_path",
+        "keys",
         "prefix",
         "reply",
+        "sum_keys",
         "sum_path",
         "widths",
-        "window_keys",
     )
 
     def __init__(self, kind: Velocity) -> None:
         windows = kind._windows
         distinct = kind._distinct if kind.distinct_path is not None else ()
         self.widths = tuple(width for width, _, _ in windows)
-        self.window_keys = tuple((count, total) for _, count, total in windows)
+        self.sum_keys = tuple((count, total) for _, count, total in windows if total is not None)
         self.distinct_keys = tuple(key for _, key in distinct)
+        # Without sums the reply's values are the outputs as they are, in order.
+        self.keys = tuple(count for _, count, _ in windows) + self.distinct_keys
         self.sum_path = kind.sum_path
         self.distinct_path = kind.distinct_path
         longest = max(range(len(kind.spans)), key=lambda i: kind.spans[i])
         ttl = _ttl(kind.spans[longest] + self.widths[longest])
-        self.prefix = struct.pack(
-            f"<BIBBHB{len(distinct)}d",
-            _VELOCITY,
-            ttl,
-            len(windows),
-            kind.slots,
-            kind.capacity,
-            len(distinct),
-            *(span for span, _ in distinct),
+        nw, nd = len(windows), len(distinct)
+        sums = 1 if kind.sum_path is not None else 0  # without a sum path no sums are kept
+        hw = 1 + sums  # doubles per window in the header, and per slot
+        # The script parses the spans and the per-event values with one struct format, sent
+        # along: '<', a double per distinct span, flags, amount, ts, a bucket index per window.
+        fmt = f"<{'d' * nd}Bdd{'d' * nw}".encode()
+        self.prefix = (
+            _op_prefix(_VELOCITY, ttl)
+            + struct.pack("<BBHBB", nw, kind.slots, kind.capacity, nd, sums)
+            + _text(fmt)
+            + _text(f"<{'d' * (hw + 1) * nw}".encode())
+            + _text(f"<{'d' * hw * kind.slots}".encode())
+            + _text(f"<{'I' * nd}".encode())
+            + struct.pack(f"<{nd}d", *(span for span, _ in distinct))
         )
-        self.args = struct.Struct(f"<Bdd{len(windows)}d")
-        self.reply = struct.Struct(f"<{2 * len(windows) + len(distinct)}d")
+        # The blob: the prefix, flags, amount, ts, the bucket indices and a digest (the value's,
+        # or zeros: the script reads it only to record a value).
+        self.args = struct.Struct(f"<{len(self.prefix)}sBdd{nw}d8s")
+        # The reply: count (and sum) per window, the last bucket per window, then the distinct
+        # counts as 4-byte integers (ints, as the in-memory step writes them).
+        self.reply = struct.Struct(f"<{hw * nw}d{8 * nw}x{nd}I")
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         amount = 0.0
@@ -228,37 +290,67 @@ class _VelocityCodec(_Codec):
             raw = fields.get(self.sum_path)
             if raw is not None:
                 amount = float(raw)
-        value = None if self.distinct_path is None else fields.get(self.distinct_path)
-        flags = (1 if update else 0) | (0 if value is None else 2)
-        blob = self.prefix + self.args.pack(flags, amount, ts, *[ts // w for w in self.widths])
-        if value is not None:
-            blob += value_digest(value)
-        return blob, None
+        flags = 1 if update else 0
+        digest = _NO_DIGEST
+        if update and self.distinct_path is not None:
+            value = fields.get(self.distinct_path)
+            if value is not None:
+                flags = 3
+                digest = value_digest(value)
+        w = self.widths
+        # (spelled out for the usual window counts: a comprehension costs more than the packing)
+        if len(w) == 1:
+            return self.args.pack(self.prefix, flags, amount, ts, ts // w[0], digest), None
+        if len(w) == 2:
+            return self.args.pack(
+                self.prefix, flags, amount, ts, ts // w[0], ts // w[1], digest
+            ), None
+        if len(w) == 3:
+            return self.args.pack(
+                self.prefix, flags, amount, ts, ts // w[0], ts // w[1], ts // w[2], digest
+            ), None
+        if len(w) == 4:
+            return self.args.pack(
+                self.prefix,
+                flags,
+                amount,
+                ts,
+                ts // w[0],
+                ts // w[1],
+                ts // w[2],
+                ts // w[3],
+                digest,
+            ), None
+        return self.args.pack(self.prefix, flags, amount, ts, *[ts // x for x in w], digest), None
 
     def decode(self, reply: bytes, pos: int, ts: float, ctx: Any, env: Env) -> int:
         values = self.reply.unpack_from(reply, pos)
+        if self.sum_path is None:
+            env.update(zip(self.keys, values, strict=True))
+            return pos + self.reply.size
         i = 0
-        for count_key, sum_key in self.window_keys:
+        for count_key, sum_key in self.sum_keys:
             env[count_key] = values[i]
-            if sum_key is not None:
-                total = values[i + 1]
-                env[sum_key] = round(total, 6) if total > 1e-9 else 0.0
+            total = values[i + 1]
+            env[sum_key] = round(total, 6) if total > 1e-9 else 0.0
             i += 2
         for key in self.distinct_keys:
-            env[key] = int(values[i])
+            env[key] = values[i]
             i += 1
         return pos + self.reply.size
 
 
 class _BaselineCodec(_Codec):
-    __slots__ = ("keys", "log", "min_count", "path", "prefix")
+    __slots__ = ("head", "keys", "log", "min_count", "path", "prefix")
 
     def __init__(self, kind: Baseline, ttl: int) -> None:
         self.path = kind.path
         self.log = kind.log
         self.min_count = kind.min_count
         self.keys = (kind._count, kind._mean, kind._std, kind._z, kind._ratio)
-        self.prefix = struct.pack("<BId", _BASELINE, ttl, kind.max_count)
+        prefix = _op_prefix(_BASELINE, ttl) + _DOUBLE.pack(kind.max_count)
+        self.prefix = struct.Struct(f"<{len(prefix)}sBd")
+        self.head = prefix
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         raw = fields.get(self.path)
@@ -269,8 +361,9 @@ class _BaselineCodec(_Codec):
                     x = math.log1p(raw)
             else:
                 x = float(raw)
-        flag = 1 if update and x is not None else 0
-        return self.prefix + _FLAG_DOUBLE.pack(flag, 0.0 if x is None else x), x
+        if x is None:
+            return self.prefix.pack(self.head, 0, 0.0), None
+        return self.prefix.pack(self.head, 1 if update else 0, x), x
 
     def decode(self, reply: bytes, pos: int, ts: float, ctx: Any, env: Env) -> int:
         n, mean, var = _DOUBLES3.unpack_from(reply, pos)
@@ -291,15 +384,16 @@ class _BaselineCodec(_Codec):
 
 
 class _HourProfileCodec(_Codec):
-    __slots__ = ("keys", "prefix")
+    __slots__ = ("head", "keys", "prefix")
 
     def __init__(self, kind: HourProfile, ttl: int) -> None:
         self.keys = (kind._total, kind._count, kind._share, kind._age)
-        self.prefix = struct.pack("<BI", _HOUR_PROFILE, ttl)
+        self.head = _op_prefix(_HOUR_PROFILE, ttl)
+        self.prefix = struct.Struct(f"<{len(self.head)}sBdBd")
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         absolute = ts // 3600
-        return self.prefix + _HOUR_ARGS.pack(update, absolute, int(absolute) % 24, ts), None
+        return self.prefix.pack(self.head, update, absolute, int(absolute) % 24, ts), None
 
     def decode(self, reply: bytes, pos: int, ts: float, ctx: Any, env: Env) -> int:
         before, at, after, total, first = _DOUBLES5.unpack_from(reply, pos)
@@ -313,12 +407,13 @@ class _HourProfileCodec(_Codec):
 
 
 class _NoveltyCodec(_Codec):
-    __slots__ = ("keys", "paths", "prefix")
+    __slots__ = ("head", "keys", "paths", "prefix")
 
     def __init__(self, kind: Novelty, ttl: int) -> None:
         self.paths = kind.paths
         self.keys = (kind._is_new, kind._known, kind._age, kind._entity_age)
-        self.prefix = struct.pack("<BIH", _NOVELTY, ttl, kind.capacity)
+        self.head = _op_prefix(_NOVELTY, ttl) + struct.pack("<H", kind.capacity)
+        self.prefix = struct.Struct(f"<{len(self.head)}sBd8s")
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         if len(self.paths) == 1:
@@ -327,9 +422,8 @@ class _NoveltyCodec(_Codec):
             parts = [fields.get(p) for p in self.paths]
             value = None if None in parts else KEY_SEPARATOR.join([str(p) for p in parts])
         if value is None:
-            return self.prefix + _FLAG_DOUBLE.pack(1 if update else 0, ts), False
-        blob = self.prefix + _FLAG_DOUBLE.pack(3 if update else 2, ts) + value_digest(value)
-        return blob, True
+            return self.prefix.pack(self.head, 1 if update else 0, ts, _NO_DIGEST), False
+        return self.prefix.pack(self.head, 3 if update else 2, ts, value_digest(value)), True
 
     def decode(self, reply: bytes, pos: int, ts: float, ctx: Any, env: Env) -> int:
         known, has_first, first, seen, first_seen = _NOVELTY_REPLY.unpack_from(reply, pos)
@@ -348,7 +442,7 @@ class _GeoVelocityCodec(_Codec):
 
     def __init__(self, kind: GeoVelocity, ttl: int) -> None:
         self.keys = (kind._distance, kind._speed, kind._since, kind._changed, kind._prev)
-        self.prefix = struct.pack("<BI", _GEO, ttl)
+        self.prefix = _op_prefix(_GEO, ttl)
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         lat = fields.get("context.geo.lat")
@@ -392,7 +486,7 @@ class _ContinuityCodec(_Codec):
     def __init__(self, kind: Continuity) -> None:
         self.events_key = kind._events
         self.attributes = tuple((path, key) for _, path, key in kind._attributes)
-        self.prefix = struct.pack("<BIB", _CONTINUITY, CONTINUITY_TTL_S, len(self.attributes))
+        self.prefix = _op_prefix(_CONTINUITY, CONTINUITY_TTL_S) + bytes([len(self.attributes)])
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
         parts = [self.prefix, b"\x01" if update else b"\x00"]
@@ -419,14 +513,15 @@ class _ContinuityCodec(_Codec):
 
 
 class _LastSeenCodec(_Codec):
-    __slots__ = ("key", "prefix")
+    __slots__ = ("head", "key", "prefix")
 
     def __init__(self, kind: LastSeen, ttl: int) -> None:
         self.key = kind._since
-        self.prefix = struct.pack("<BI", _LAST_SEEN, ttl)
+        self.head = _op_prefix(_LAST_SEEN, ttl)
+        self.prefix = struct.Struct(f"<{len(self.head)}sBd")
 
     def encode(self, ts: float, update: bool, fields: Env) -> tuple[bytes, Any]:
-        return self.prefix + _FLAG_DOUBLE.pack(1 if update else 0, ts), None
+        return self.prefix.pack(self.head, 1 if update else 0, ts), None
 
     def decode(self, reply: bytes, pos: int, ts: float, ctx: Any, env: Env) -> int:
         seen, previous = _FLAG_DOUBLE.unpack_from(reply, pos)
@@ -491,10 +586,20 @@ class RedisStateStore:
             retry=Retry(NoBackoff(), 0),
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
-        self._idle: list[aioredis.Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
-        self._codecs: weakref.WeakKeyDictionary[FeatureKind, _Codec] = weakref.WeakKeyDictionary()
-        self._header_base = _HEADER.pack(0, self.claim_ttl_s, 1 if _COMPENSATED_SUM else 0)
+        # The hot path speaks RESP itself over plain TCP or a Unix socket (resp.py); TLS
+        # (rediss://) stays with redis-py's connections.
+        self._endpoint: Endpoint | None = None
+        if self._pool.connection_class in (aioredis.Connection, UnixDomainSocketConnection):
+            self._endpoint = Endpoint.from_kwargs(self._pool.connection_kwargs)
+        self._idle: list[Any] = []
+        self._live: set[RespConnection] = set()
+        self._free = max_connections  # calls that may start now (each takes a connection)
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        # Kinds hash by identity; the map holds them (and is cleared if packs pile up).
+        self._codecs: dict[FeatureKind, _Codec] = {}
+        claim_ttl = _text(str(self.claim_ttl_s).encode())
+        self._header_base = _HEADER.pack(0, 1 if _COMPENSATED_SUM else 0) + claim_ttl
+        self._header_claim = _HEADER.pack(1, 1 if _COMPENSATED_SUM else 0) + claim_ttl
 
     # keys --------------------------------------------------------------------------------
 
@@ -519,34 +624,34 @@ class RedisStateStore:
     ) -> str | None:
         if claim is None and not ops:
             return None
-        keys: list[str] = []
-        args: list[bytes] = []
+        command: list[Any] = ["EVALSHA", SCRIPT_SHA, len(ops)]
         if claim is None:
-            args.append(self._header_base)
+            args = [self._header_base]
         else:
-            keys.append(self.claim_key(tenant_id, claim.event_id))
-            args.append(
-                _HEADER.pack(1, self.claim_ttl_s, 1 if _COMPENSATED_SUM else 0)
-                + claim.body_hash.encode("utf-8")
-            )
-        decoders: list[tuple[_Codec, Any]] = []
+            command[2] += 1
+            command.append(f"{self.prefix}:{{{tenant_id}:{claim.event_id}}}:claim")
+            args = [self._header_claim + claim.body_hash.encode("utf-8")]
+        decoders: list[Any] = []
         codecs = self._codecs
-        prefix = self.prefix
+        head = f"{self.prefix}:{{{tenant_id}:"
         for key, feature, update in ops:
-            kind = feature.kind
-            codec = codecs.get(kind)
+            codec = codecs.get(feature.kind)
             if codec is None:
-                codec = codecs[kind] = _codec_for(kind, self.profile_ttl_s)
+                codec = self._codec(feature.kind)
             blob, ctx = codec.encode(ts, update, fields)
             name, _, entity = key.partition("|")
-            keys.append(f"{prefix}:{{{tenant_id}:{entity}}}:{name}")
+            command.append(f"{head}{entity}}}:{name}")
             args.append(blob)
-            decoders.append((codec, ctx))
-        status, payload = await self._run(keys, args)
-        if status == 0:
-            return payload.decode("utf-8") if payload is not None else ""
+            decoders.append(codec)
+            decoders.append(ctx)
+        command += args
+        payload = await self._run(command)
+        if payload.__class__ is not bytes:  # [the stored body hash]: claimed before
+            held = payload[0]
+            return held.decode("utf-8") if held is not None else ""
         pos = 0
-        for codec, ctx in decoders:
+        pairs = iter(decoders)
+        for codec, ctx in zip(pairs, pairs, strict=False):
             pos = codec.decode(payload, pos, ts, ctx, env)
         return None
 
@@ -564,26 +669,107 @@ class RedisStateStore:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect(nowait=True)
+        for conn in self._live:
+            conn.close()
+        self._live.clear()
+        if self._endpoint is None:
+            for conn in idle:
+                await conn.disconnect(nowait=True)
         await self._client.aclose()
         await self._pool.disconnect()
 
     # internals ---------------------------------------------------------------------------
 
-    async def _run(self, keys: list[str], args: list[bytes]) -> list[Any]:
-        # The hot path talks to its own idle-connection stack rather than through
-        # Redis.execute_command and the blocking pool: their retry, deprecation and locking
-        # wrappers cost more CPU per call than the script itself. A connection that fails or
-        # is interrupted (the latency budget cancels the call) is dropped, never reused.
-        async with self._slots:
+    def _codec(self, kind: FeatureKind) -> _Codec:
+        if len(self._codecs) >= 4096:  # packs republished many times: forget the old kinds
+            self._codecs.clear()
+        codec = self._codecs[kind] = _codec_for(kind, self.profile_ttl_s)
+        return codec
+
+    async def _run(self, command: list[Any]) -> Any:
+        # The hot path keeps its own stack of idle connections (and its own count of free
+        # slots) rather than going through Redis.execute_command and the blocking pool: their
+        # retry, locking and stream-reading layers cost more CPU per call than the script
+        # itself. A connection that fails or is interrupted (the latency budget cancels the
+        # call) is dropped, never reused.
+        if self._endpoint is None:
+            return await self._run_redis_py(command)
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            await self._wait_for_slot()
+        try:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    break
+                self._live.discard(conn)
+            else:
+                try:
+                    conn = await open_connection(self._endpoint, self.timeout_s)
+                except (ReplyErrorRaised, OSError, TimeoutError, hiredis.HiredisError) as exc:
+                    raise self._unavailable(exc) from None
+                self._live.add(conn)
+            try:
+                reply = await conn.call(hiredis.pack_command(tuple(command)), self.timeout_s)
+                if reply.__class__ is hiredis.ReplyError:
+                    if not str(reply).startswith("NOSCRIPT"):
+                        raise ResponseError(str(reply))
+                    # Redis restarted (or flushed its scripts): EVAL runs and caches the script.
+                    command[0], command[1] = "EVAL", SCRIPT
+                    reply = await conn.call(hiredis.pack_command(tuple(command)), self.timeout_s)
+                    if reply.__class__ is hiredis.ReplyError:
+                        raise ResponseError(str(reply))
+            except (RedisError, OSError, TimeoutError, hiredis.HiredisError) as exc:
+                conn.close()
+                self._live.discard(conn)
+                raise self._unavailable(exc) from None
+            except BaseException:
+                conn.close()
+                self._live.discard(conn)
+                raise
+            idle.append(conn)
+            return reply
+        finally:
+            self._release_slot()
+
+    async def _wait_for_slot(self) -> None:
+        """Wait (first come, first served) until a call ends and hands its slot over."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            else:  # a slot was handed over just as this call was cancelled: pass it on
+                self._release_slot()
+            raise
+
+    def _release_slot(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    async def _run_redis_py(self, command: list[Any]) -> Any:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            await self._wait_for_slot()
+        try:
             conn = self._idle.pop() if self._idle else self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 try:
-                    reply = await self._call(conn, "EVALSHA", SCRIPT_SHA, keys, args)
+                    reply = await self._call(conn, command)
                 except NoScriptError:
-                    # Redis restarted (or flushed its scripts): EVAL runs and caches the script.
-                    reply = await self._call(conn, "EVAL", SCRIPT, keys, args)
+                    command[0], command[1] = "EVAL", SCRIPT
+                    reply = await self._call(conn, command)
             except (RedisError, OSError, TimeoutError) as exc:
                 await conn.disconnect(nowait=True)
                 raise self._unavailable(exc) from None
@@ -591,15 +777,13 @@ class RedisStateStore:
                 await asyncio.shield(conn.disconnect(nowait=True))
                 raise
             self._idle.append(conn)
-        return list(reply)
+            return reply
+        finally:
+            self._release_slot()
 
     @staticmethod
-    async def _call(
-        conn: aioredis.Connection, command: str, script: str, keys: list[str], args: list[bytes]
-    ) -> Any:
-        await conn.send_packed_command(
-            conn.pack_command(command, script, len(keys), *keys, *args), check_health=False
-        )
+    async def _call(conn: aioredis.Connection, command: list[Any]) -> Any:
+        await conn.send_packed_command(hiredis.pack_command(tuple(command)), check_health=False)
         return await conn.read_response()
 
     def _unavailable(self, exc: BaseException) -> DependencyUnavailable:
