@@ -7,6 +7,7 @@ carry it. ``Event.fields()`` flattens an event into the dotted paths that rule e
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -63,9 +64,16 @@ class Context(_Model):
         if v is None:
             return None
         try:
-            return str(ipaddress.ip_address(v))
+            return _normal_ip(v)
         except ValueError:
             raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+@functools.lru_cache(maxsize=16_384)
+def _normal_ip(text: str) -> str:
+    """The canonical text of an IP address. Cached: the same addresses recur (an account's
+    devices, a botnet's hosts) and parsing one costs more than the rest of the context."""
+    return str(ipaddress.ip_address(text))
 
 
 # Numbers and booleans are strict: "12.5" or "yes" is a client bug to report, not to guess at.

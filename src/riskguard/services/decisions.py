@@ -24,6 +24,7 @@ request: the service recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import random
@@ -60,6 +61,8 @@ _ENTITY = {
 }
 _REPLAY_WAIT_S = 5.0
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+_MS_MASK = (1 << 48) - 1
 _random_bits = random.Random().getrandbits  # seeded from os.urandom when created
 
 
@@ -77,12 +80,12 @@ def new_decision_id(now: float | None = None) -> str:
     ms = int((time.time() if now is None else now) * 1000)
     # Ids need to be unique, not secret (they are tenant-scoped and behind authentication):
     # the Mersenne Twister, seeded from the OS per process, is 10x cheaper than os.urandom here.
-    value = (ms << 80) | _random_bits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "dec_" + "".join(reversed(chars))
+    value = ((ms & _MS_MASK) << 80) | _random_bits(80)
+    # 160 bits are 32 base32 characters; the 26 low ones hold the 128-bit value (the first 6
+    # are zero). base64's C encoder plus one translate beats a Python loop by ~5x.
+    return (
+        "dec_" + base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode()
+    )
 
 
 def body_hash(raw: Mapping[str, Any]) -> str:

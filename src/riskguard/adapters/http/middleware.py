@@ -18,9 +18,9 @@ metrics.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -35,6 +35,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+_random_bits = random.Random().getrandbits  # seeded from os.urandom when created
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 _DOCS_CSP = (
@@ -131,7 +132,9 @@ class ServiceMiddleware:
             if _REQUEST_ID.match(text):
                 request_id = text
         if request_id is None:
-            request_id = uuid.uuid4().hex[:16]
+            # Unique, not secret: 64 bits from the per-process Mersenne Twister (uuid4 reads
+            # os.urandom on every call).
+            request_id = f"{_random_bits(64):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         path: str = scope["path"]
         docs = path.startswith(_DOCS_PATHS)
@@ -214,7 +217,7 @@ class ServiceMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             status = status_holder[0]
-            self.metrics.requests.labels(scope["method"], template, f"{status // 100}xx").inc()
+            self.metrics.count_request(scope["method"], template, status)
             if self.access_log:
                 log.info(
                     "request",
