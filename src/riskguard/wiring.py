@@ -35,6 +35,10 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     Nothing logs bodies, keys or personal data: events carry ids, routes, statuses and
     durations only, and dependency errors are logged by type, not by their message (a
     connection error can echo a URL with a password).
+
+    Each line is written with one ``write`` call (``WriteLogger``; ``PrintLogger`` writes the
+    newline separately), so lines from several worker processes sharing one pipe never
+    interleave.
     """
     level = getattr(logging, settings.log_level.upper())
     structlog.configure(
@@ -48,7 +52,7 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
             ),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=True,
     )
 
