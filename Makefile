@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 bench-http: $(STAMP) services
+	bash scripts/ensure-tools.sh wrk
 	$(BIN)/python bench/http.py
 
 eval: $(STAMP)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer, starting them when
-# they are installed but stopped. Exits non-zero, loudly, when either stays unreachable: the
-# integration tests must never be skipped into a green run.
+# Makes sure PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and NATS JetStream
+# (127.0.0.1:4222) answer, starting them when they are installed but stopped, and that the
+# Debian tools the integration tests drive (nginx) are installed. Exits non-zero, loudly, when
+# one stays unreachable or missing: the integration tests must never be skipped into a green run.
 set -uo pipefail
 
 reachable() { # host port
@@ -37,7 +38,16 @@ if ! reachable 127.0.0.1 6379; then
   fi
   wait_for Redis 127.0.0.1 6379 || status=1
 fi
+if ! reachable 127.0.0.1 4222; then
+  if command -v nats-server >/dev/null 2>&1; then
+    echo "ensure-services: starting NATS with JetStream"
+    mkdir -p /var/lib/nats 2>/dev/null || true
+    (nohup nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats >/var/log/nats-ci.log 2>&1 &) || true
+  fi
+  wait_for NATS 127.0.0.1 4222 || status=1
+fi
+bash "$(dirname "$0")/ensure-tools.sh" nginx || status=1
 if [ "$status" -ne 0 ]; then
-  echo "ensure-services: FAILED — PostgreSQL and Redis are required by the test suite" >&2
+  echo "ensure-services: FAILED — PostgreSQL, Redis, NATS and nginx are required by the test suite" >&2
 fi
 exit "$status"
