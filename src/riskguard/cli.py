@@ -13,6 +13,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from riskguard.adapters.audit.cli import audit_app
 from riskguard.engine.decide import Decision, Engine
 from riskguard.engine.events import InvalidEventError, parse_event
 from riskguard.engine.rules import RulePackError, Ruleset, load_ruleset_text
@@ -35,6 +36,7 @@ keys_app = typer.Typer(help="API keys (printed once, stored hashed).")
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The database schema.")
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 
 EXIT_PROBLEMS = 1
 EXIT_UNUSABLE = 2
@@ -309,7 +311,7 @@ def tenants_create(
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
-    role: Annotated[str, typer.Option(help="ingest | admin | read")],
+    role: Annotated[str, typer.Option(help="ingest | admin | read | analyst")],
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from riskguard.ports import ROLES

@@ -21,8 +21,8 @@ from typing import Any, Literal, Protocol
 
 from riskguard.engine.features import Env, FeatureOp
 
-Role = Literal["ingest", "admin", "read"]
-ROLES: tuple[Role, ...] = ("ingest", "admin", "read")
+Role = Literal["ingest", "admin", "read", "analyst"]
+ROLES: tuple[Role, ...] = ("ingest", "admin", "read", "analyst")
 
 
 class DependencyUnavailable(Exception):

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     # (gc.freeze) and collect the young generation less often: a full collection otherwise
     # walks ~150k start-up objects and stalls the event loop for 60-90 ms (the p99 tail).
     gc_tuning: bool = True
+    # What happens after a decision (docs/webhooks.md, docs/alerts.md, docs/audit.md): every
+    # decision writes an outbox message in its own transaction; a dispatcher (in each service
+    # process unless turned off here, or `riskguard worker`) opens alerts, appends the audit
+    # log, delivers webhooks and publishes CloudEvents to Redis Streams / NATS JetStream.
+    outbox: bool = True
+    dispatcher: bool = True
+    nats_url: str | None = None
+    stream_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    stream_maxlen: int = Field(default=1_000_000, ge=1)
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod

@@ -60,7 +60,7 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
 def build_store(settings: Settings) -> DecisionStore:
     from riskguard.adapters.sql.store import SqlDecisionStore
 
-    return SqlDecisionStore(settings.database_url)
+    return SqlDecisionStore(settings.database_url, outbox=settings.outbox)
 
 
 def build_state(settings: Settings) -> SharedStateStore:
@@ -75,6 +75,9 @@ def build_state(settings: Settings) -> SharedStateStore:
     from riskguard.adapters.memory import MemoryStateStore
 
     return MemoryStateStore(claim_ttl_s=settings.idempotency_ttl_s)
+
+
+_STOP_DISPATCHER_S = 5.0
 
 
 class Container:
@@ -99,6 +102,56 @@ class Container:
             settings, self.store, self.state, self.engines, self.metrics
         )
         self._poller: asyncio.Task[None] | None = None
+        self._build_after_decision()
+
+    def _build_after_decision(self) -> None:
+        """Alerts, webhooks and the outbox dispatcher, on the decision store's engine."""
+        from riskguard.adapters.sql.alerts import SqlAlertStore
+        from riskguard.adapters.webhooks.sealing import SecretBox
+        from riskguard.adapters.webhooks.service import WebhookService
+        from riskguard.adapters.webhooks.store import WebhookStore
+        from riskguard.adapters.webhooks.urls import UrlPolicy
+        from riskguard.services.alerts import AlertService
+
+        settings = self.settings
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            self.alerts = AlertService(SqlAlertStore.from_url(settings.database_url))
+            webhook_store = WebhookStore.from_url(settings.database_url)
+        else:
+            self.alerts = AlertService(SqlAlertStore(engine))
+            webhook_store = WebhookStore(engine)
+        self.webhooks = WebhookService(
+            webhook_store, SecretBox(settings.secret), UrlPolicy.for_environment(settings.env)
+        )
+        self.dispatcher: Any = None
+        self._dispatching: asyncio.Task[None] | None = None
+
+    def _build_dispatcher(self) -> Any:
+        from riskguard.adapters.webhooks.dispatcher import Dispatcher, DispatcherConfig
+        from riskguard.adapters.webhooks.urls import UrlPolicy
+        from riskguard.services.consumers import AlertsConsumer
+
+        settings = self.settings
+        publishers: list[Any] = [AlertsConsumer(self.alerts, self.store)]
+        if settings.redis_url is not None:
+            from riskguard.adapters.streams.redis_streams import RedisStreamPublisher
+
+            publishers.append(
+                RedisStreamPublisher(
+                    settings.redis_url.get_secret_value(),
+                    key_prefix=settings.stream_prefix,
+                    maxlen=settings.stream_maxlen,
+                )
+            )
+        if settings.nats_url is not None:
+            from riskguard.adapters.streams.jetstream import JetStreamPublisher
+
+            publishers.append(JetStreamPublisher(settings.nats_url))
+        config = DispatcherConfig(url_policy=UrlPolicy.for_environment(settings.env))
+        return Dispatcher(
+            self.webhooks.store, self.webhooks.box, config=config, publishers=publishers
+        )
 
     async def start(self) -> None:
         if self.settings.auto_migrate:
@@ -111,13 +164,26 @@ class Container:
         except DependencyUnavailable:
             structlog.get_logger("riskguard").warning("ruleset_load_deferred")
         self._poller = asyncio.create_task(self.engines.poll(self.settings.ruleset_poll_s))
+        if self.settings.outbox and self.settings.dispatcher:
+            self.dispatcher = self._build_dispatcher()
+            self._dispatching = asyncio.create_task(
+                self.dispatcher.run(), name="riskguard-dispatcher"
+            )
 
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            if self._dispatching is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._dispatching, _STOP_DISPATCHER_S)
+            await self.dispatcher.close()
         await self.store.close()
+        await self.alerts.close()
+        await self.webhooks.close()
         await self.state.close()
 
     async def check_dependencies(self) -> dict[str, CheckOut]:

@@ -342,6 +342,37 @@ def test_a_batch_mixing_stored_and_new_keys(url: str) -> None:
     assert count == 15
 
 
+def test_outbox_messages_are_written_with_exactly_the_decisions_inserted(url: str) -> None:
+    """With the outbox on, every inserted decision has one ``decision.created`` message in the
+    same transaction and a duplicate (stored before, or twice in one batch) has none."""
+
+    async def work(store: SqlDecisionStore) -> tuple[list[bool], list[bool]]:
+        stored = [make_record("t_out") for _ in range(6)]
+        first = await asyncio.gather(*(store.record(r) for r in stored))
+        again = [make_record("t_out", r.event_id) for r in stored[::2]]
+        batch = [r for old in again for r in (old, make_record("t_out"), old)]
+        second = await asyncio.gather(*(store.record(r) for r in batch))
+        return first, second
+
+    first, second = run(work, url, outbox=True)
+    assert first == [True] * 6
+    assert second.count(True) == 3
+    rows = asyncio.run(
+        raw_rows(
+            url,
+            "SELECT m.topic, m.subject, d.decision_id FROM outbox_messages AS m "
+            "LEFT JOIN decisions AS d ON d.decision_id = m.subject WHERE m.tenant_id = 't_out'",
+        )
+    )
+    assert len(rows) == 9
+    assert {topic for topic, _, _ in rows} == {"decision.created"}
+    assert all(decision_id == subject for _, subject, decision_id in rows)
+    decisions = asyncio.run(
+        raw_rows(url, "SELECT count(*) FROM decisions WHERE tenant_id = 't_out'")
+    )
+    assert decisions == [(9,)]
+
+
 def test_pg_batch_committed_before_the_connection_was_lost_is_ours(
     fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -655,6 +655,14 @@ def create_app(container: Any) -> ServiceMiddleware:
         stored = await container.rules.activate(caller.tenant_id, version, caller.key_id)
         return _json(ruleset_out(stored))
 
+    # -- after the decision: alerts and cases, labels, webhooks ------------------------------
+
+    from riskguard.adapters.http import webhooks
+    from riskguard.adapters.http.alerts import alerts_router
+
+    app.include_router(alerts_router(container.alerts))
+    app.include_router(webhooks.router)
+
     # -- OpenAPI: the decision request's component schemas, a bearer security scheme -------
 
     def custom_openapi() -> dict[str, Any]:

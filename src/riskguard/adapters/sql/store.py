@@ -59,6 +59,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from riskguard.adapters.sql import outbox as ob
 from riskguard.adapters.sql import tables as t
 from riskguard.adapters.sql.engines import (
     SQLITE_PRAGMAS,
@@ -92,6 +93,12 @@ _PG_INSERT = (
     f"SELECT {', '.join(_COLUMNS)} FROM unnest($1::{t.DECISION_ROW_TYPE}[])"
 )
 _PG_INSERT_ABSENT = _PG_INSERT + " ON CONFLICT DO NOTHING RETURNING tenant_id, event_id"
+# With the outbox on, one statement inserts the batch and the outbox rows of exactly the
+# decisions it inserted (adapters/sql/outbox.py): still one round trip per group commit.
+_PG_INSERT_OUTBOX = ob.pg_insert_with_outbox(_PG_INSERT, first_param=2)
+_PG_INSERT_OUTBOX_ABSENT = ob.pg_insert_with_outbox(
+    _PG_INSERT + " ON CONFLICT DO NOTHING", first_param=2
+)
 _SQLITE_INSERT = (
     f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT DO NOTHING"
@@ -156,6 +163,7 @@ class _Pending:
     decision_id: str
     row: tuple[Any, ...]
     future: asyncio.Future[bool]
+    message: ob.OutboxMessage | None = None
 
 
 class _SqliteFileWriter:
@@ -173,7 +181,7 @@ class _SqliteFileWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="riskguard-sqlite-writer")
 
     async def write(self, items: Sequence[_Pending]) -> set[Key]:
-        batch = [(item.key, item.row) for item in items]
+        batch = [(item.key, item.row, item.message) for item in items]
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
 
     async def close(self) -> None:
@@ -197,17 +205,20 @@ class _SqliteFileWriter:
         if conn is not None:
             conn.close()
 
-    def _write(self, batch: Sequence[tuple[Key, tuple[Any, ...]]]) -> set[Key]:
+    def _write(
+        self, batch: Sequence[tuple[Key, tuple[Any, ...], ob.OutboxMessage | None]]
+    ) -> set[Key]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            keys = dumps([key for key, _ in batch])
+            keys = dumps([key for key, _, _ in batch])
             existing = {(r[0], r[1]) for r in conn.execute(_SQLITE_EXISTING, (keys,))}
-            new = [(key, row) for key, row in batch if key not in existing]
+            new = [item for item in batch if item[0] not in existing]
             if new:
-                conn.executemany(_SQLITE_INSERT, [row for _, row in new])
+                conn.executemany(_SQLITE_INSERT, [row for _, row, _ in new])
+                ob.enqueue_sqlite(conn, [m for _, _, m in new if m is not None])
             conn.execute("COMMIT")
         except BaseException as exc:
             try:
@@ -218,7 +229,7 @@ class _SqliteFileWriter:
             except sqlite3.Error:
                 self._disconnect()
             raise
-        return {key for key, _ in new}
+        return {key for key, _, _ in new}
 
 
 def _as_is(value: bytes) -> bytes:
@@ -277,11 +288,19 @@ class _PgWriter:
         return inserted
 
     async def _insert(self, conn: Any, items: Sequence[_Pending], rows: list[Any]) -> set[Key]:
+        messages = [item.message for item in items if item.message is not None]
         try:
-            await conn.execute(_PG_INSERT, rows)
+            if messages:
+                await conn.execute(_PG_INSERT_OUTBOX, rows, *ob.pg_outbox_params(messages))
+            else:
+                await conn.execute(_PG_INSERT, rows)
         except asyncpg.UniqueViolationError:
             # a key is stored already (a repeated event, another replica, a retry): the
             # statement wrote nothing; again, skipping what exists
+            if messages:
+                return _keys(
+                    await conn.fetch(_PG_INSERT_OUTBOX_ABSENT, rows, *ob.pg_outbox_params(messages))
+                )
             return _keys(await conn.fetch(_PG_INSERT_ABSENT, rows))
         return {item.key for item in items}
 
@@ -321,7 +340,7 @@ class SqlDecisionStore:
     ``duplicates``, ``failed_batches`` and ``largest_batch``.
     """
 
-    def __init__(self, url: str, *, batch_max: int = 512) -> None:
+    def __init__(self, url: str, *, batch_max: int = 512, outbox: bool = False) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         self.url = normalize(url)
@@ -329,7 +348,10 @@ class SqlDecisionStore:
         self._where = redact(self.url)
         self._memory = is_memory(url)
         self._batch_max = batch_max
-        self._engine: AsyncEngine | None = None
+        # every decision also writes a ``decision.created`` outbox message in its transaction
+        self.outbox = outbox
+        self._engine: AsyncEngine | None = None  # set by start()
+        self._shared_engine: AsyncEngine | None = None
         self._writer_engine: AsyncEngine | None = None
         self._sqlite_writer: _SqliteFileWriter | None = None
         self._pg_writer: _PgWriter | None = None
@@ -358,8 +380,7 @@ class SqlDecisionStore:
             return
         if self._closing:
             raise DependencyUnavailable("the decision store is closed")
-        sqlite = self.dialect == "sqlite"
-        engine = make_engine(self.url, pool_size=4 if sqlite else 8, max_overflow=4)
+        engine = self.engine
         writer_engine: AsyncEngine | None = None
         path = sqlite_path(self.url)
         if self._memory:
@@ -393,6 +414,18 @@ class SqlDecisionStore:
             await pg_writer.close()
         for engine in {id(e): e for e in (self._writer_engine, self._engine) if e}.values():
             await engine.dispose()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The store's SQLAlchemy engine (made on first use, connecting lazily): the alert,
+        webhook and audit stores share it, so they see the same database — for in-memory
+        SQLite, the same connection — and add no pool of their own."""
+        if self._shared_engine is None:
+            sqlite = self.dialect == "sqlite"
+            self._shared_engine = make_engine(
+                self.url, pool_size=4 if sqlite else 8, max_overflow=4
+            )
+        return self._shared_engine
 
     async def _ready(self) -> AsyncEngine:
         if self._closing:
@@ -446,8 +479,9 @@ class SqlDecisionStore:
             await self._ready()
         row = self._row(record)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        message = ob.decision_message(record) if self.outbox else None
         self._pending.append(
-            _Pending((record.tenant_id, record.event_id), record.decision_id, row, future)
+            _Pending((record.tenant_id, record.event_id), record.decision_id, row, future, message)
         )
         assert self._wakeup is not None
         self._wakeup.set()
@@ -577,6 +611,9 @@ class SqlDecisionStore:
                 new = [item for item in items if item.key not in existing]
                 if new:
                     await conn.exec_driver_sql(_SQLITE_INSERT, [item.row for item in new])
+                    messages = [item.message for item in new if item.message is not None]
+                    if messages:
+                        await ob.enqueue(conn, messages)
                 await conn.exec_driver_sql("COMMIT")
             except BaseException:
                 try:

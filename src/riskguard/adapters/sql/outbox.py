@@ -1,0 +1,361 @@
+"""The transactional outbox: side effects written with the decision, delivered later.
+
+A decision (or an alert change) that must reach other systems is written as an
+``outbox_messages`` row in the same transaction as the record itself, so the two commit or
+fail together: a crash can never lose a side effect of a stored decision, nor invent one for a
+decision that was not stored. A dispatcher (``riskguard.adapters.webhooks.dispatcher``) claims
+the rows afterwards, fans each out to webhook subscriptions (``webhook_deliveries``) and to the
+event streams, and marks it dispatched.
+
+Tables (on the schema's one ``metadata``; migration 0004 creates them):
+
+- ``outbox_messages`` — ``id`` (``evt_`` + 26 Crockford base32, time-ordered; the CloudEvents
+  id), ``tenant_id``, ``topic`` (``decision.created`` | ``alert.opened`` | ``alert.updated``),
+  ``subject`` (the decision or alert id), ``payload`` (JSON), ``created_at``; the dispatch
+  state: ``attempts``, ``next_attempt_at`` (a lease while claimed, a back-off after a failed
+  publish), ``sinks_done`` (comma-separated names of the streams already published to),
+  ``dispatched_at`` (set once every sink has it) and ``last_error``. Like ``decisions`` it has
+  no foreign key to ``tenants`` (it is written on the hot path); ``payload`` is ``json``, not
+  ``jsonb``, on PostgreSQL (written once, read whole).
+- ``webhook_subscriptions`` — one endpoint of a tenant: ``url``, ``events`` (topic patterns),
+  ``outcomes`` (optional filter of decision outcomes), ``secrets`` (a JSON list of sealed
+  ``whsec_`` secrets, several active during a rotation), ``enabled``, ``revision``.
+- ``webhook_deliveries`` — one message to one subscription. Its ``id`` is the
+  ``webhook-id`` header: derived from the message and subscription ids, so fanning a message out
+  twice (after a crash) makes the same rows, and every retry of a delivery carries the same id.
+  ``state`` is ``pending`` | ``delivered`` | ``dead``.
+
+Entry points for writing messages inside the caller's transaction, one per way the decision
+store talks to its database: :func:`enqueue` (a SQLAlchemy ``AsyncConnection``),
+:func:`enqueue_sqlite` (the group committer's raw ``sqlite3`` connection, inside its
+``BEGIN IMMEDIATE``), :func:`enqueue_pg` (a raw asyncpg connection, inside the caller's
+transaction) and :func:`pg_insert_with_outbox`, which folds the outbox insert into the
+decision ``INSERT`` itself so an autocommitted batch stays one statement and one round trip.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from riskguard.adapters.sql.engines import dumps
+from riskguard.adapters.sql.tables import Json, Timestamp, metadata
+from riskguard.ports import DecisionRecord
+
+DECISION_CREATED = "decision.created"
+ALERT_OPENED = "alert.opened"
+ALERT_UPDATED = "alert.updated"
+TOPICS: tuple[str, ...] = (DECISION_CREATED, ALERT_OPENED, ALERT_UPDATED)
+
+# the predicate of the partial index the dispatcher's claim reads
+UNDISPATCHED_WHERE = "dispatched_at IS NULL"
+PENDING_WHERE = "state = 'pending'"
+
+outbox_messages = Table(
+    "outbox_messages",
+    metadata,
+    Column("id", String, nullable=False),
+    Column("tenant_id", String, nullable=False),
+    Column("topic", String, nullable=False),
+    Column("subject", String, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("sinks_done", String, nullable=False),
+    Column("dispatched_at", Timestamp, nullable=True),
+    Column("last_error", Text, nullable=True),
+    PrimaryKeyConstraint("id", name="pk_outbox_messages"),
+)
+Index(
+    "ix_outbox_messages_due",
+    outbox_messages.c.next_attempt_at,
+    postgresql_where=text(UNDISPATCHED_WHERE),
+    sqlite_where=text(UNDISPATCHED_WHERE),
+)
+Index("ix_outbox_messages_dispatched", outbox_messages.c.dispatched_at)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String, nullable=False),
+    Column(
+        "tenant_id",
+        String,
+        ForeignKey(
+            "tenants.id", name="fk_webhook_subscriptions_tenant_id_tenants", ondelete="CASCADE"
+        ),
+        nullable=False,
+    ),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("events", Json, nullable=False),
+    Column("outcomes", Json, nullable=True),
+    Column("secrets", Json, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", Text, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("revision", Integer, nullable=False),
+    PrimaryKeyConstraint("id", name="pk_webhook_subscriptions"),
+    Index("ix_webhook_subscriptions_tenant_created", "tenant_id", "created_at"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String, nullable=False),
+    Column("tenant_id", String, nullable=False),
+    Column(
+        "subscription_id",
+        String,
+        ForeignKey(
+            "webhook_subscriptions.id",
+            name="fk_webhook_deliveries_subscription_id_webhook_subscriptions",
+            ondelete="CASCADE",
+        ),
+        nullable=False,
+    ),
+    Column(
+        "message_id",
+        String,
+        ForeignKey(
+            "outbox_messages.id",
+            name="fk_webhook_deliveries_message_id_outbox_messages",
+            ondelete="CASCADE",
+        ),
+        nullable=False,
+    ),
+    Column("state", String, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_attempt_at", Timestamp, nullable=True),
+    Column("delivered_at", Timestamp, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    PrimaryKeyConstraint("id", name="pk_webhook_deliveries"),
+    Index("ix_webhook_deliveries_subscription", "subscription_id", "created_at", "id"),
+    Index("ix_webhook_deliveries_message_id", "message_id"),
+)
+Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.next_attempt_at,
+    postgresql_where=text(PENDING_WHERE),
+    sqlite_where=text(PENDING_WHERE),
+)
+
+OUTBOX_COLUMNS: tuple[str, ...] = (
+    "id",
+    "tenant_id",
+    "topic",
+    "subject",
+    "payload",
+    "created_at",
+    "attempts",
+    "next_attempt_at",
+    "sinks_done",
+)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_random_bits = random.Random().getrandbits  # seeded from os.urandom: unique, not secret
+
+
+def new_message_id(now: float | None = None) -> str:
+    """``evt_`` + 26 Crockford base32 characters (48-bit milliseconds, 80 random bits): ids
+    sort by creation time, which keeps the primary key index append-mostly."""
+    value = (int((time.time() if now is None else now) * 1000) << 80) | _random_bits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "evt_" + "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One side effect to deliver: ``topic`` about ``subject`` (a decision or alert id)."""
+
+    id: str
+    tenant_id: str
+    topic: str
+    subject: str
+    payload: Mapping[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def new(
+        cls,
+        tenant_id: str,
+        topic: str,
+        subject: str,
+        payload: Mapping[str, Any],
+        *,
+        now: datetime | None = None,
+    ) -> OutboxMessage:
+        """A message with a fresh id; ValueError for a topic outside :data:`TOPICS`."""
+        if topic not in TOPICS:
+            raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPICS)}")
+        at = _utc(now) if now is not None else datetime.now(UTC)
+        return cls(new_message_id(at.timestamp()), tenant_id, topic, subject, payload, at)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return _utc(value).isoformat().replace("+00:00", "Z")
+
+
+def decision_payload(record: DecisionRecord) -> dict[str, Any]:
+    """What subscribers learn about a decision: the answer the caller got, its entity and
+    times — not the event body nor the feature snapshot (they can hold personal data; a
+    receiver that needs them reads ``GET /v1/decisions/{id}``)."""
+    return {
+        "decision_id": record.decision_id,
+        "event_id": record.event_id,
+        "type": record.event_type,
+        "entity": record.entity,
+        "outcome": record.outcome,
+        "score": record.score,
+        "reasons": record.reasons,
+        "explanation": record.explanation,
+        "ruleset_version": record.ruleset_version,
+        "model_version": record.model_version,
+        "degraded": record.degraded,
+        "occurred_at": _iso(record.occurred_at),
+        "received_at": _iso(record.received_at),
+    }
+
+
+def decision_message(record: DecisionRecord) -> OutboxMessage:
+    """The ``decision.created`` message of a decision about to be stored."""
+    return OutboxMessage.new(
+        record.tenant_id,
+        DECISION_CREATED,
+        record.decision_id,
+        decision_payload(record),
+        now=record.received_at,
+    )
+
+
+def _sqlite_ts(value: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME storage format, so Core reads parse what raw writes wrote
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def outbox_rows(messages: Sequence[OutboxMessage], *, dialect: str) -> list[tuple[Any, ...]]:
+    """``messages`` as rows in :data:`OUTBOX_COLUMNS` order, for a raw driver of ``dialect``
+    (``"sqlite"``: timestamps as SQLAlchemy's text format; ``"postgresql"``: aware
+    datetimes). ``payload`` is JSON text in both."""
+    stamp = _sqlite_ts if dialect == "sqlite" else _utc
+    rows = []
+    for m in messages:
+        at = stamp(m.created_at)
+        rows.append((m.id, m.tenant_id, m.topic, m.subject, dumps(m.payload), at, 0, at, ""))
+    return rows
+
+
+async def enqueue(conn: AsyncConnection, messages: Sequence[OutboxMessage]) -> None:
+    """Insert ``messages`` on ``conn``, in whatever transaction it is in (the caller commits)."""
+    if not messages:
+        return
+    await conn.execute(
+        outbox_messages.insert(),
+        [
+            {
+                "id": m.id,
+                "tenant_id": m.tenant_id,
+                "topic": m.topic,
+                "subject": m.subject,
+                "payload": m.payload,
+                "created_at": _utc(m.created_at),
+                "attempts": 0,
+                "next_attempt_at": _utc(m.created_at),
+                "sinks_done": "",
+            }
+            for m in messages
+        ],
+    )
+
+
+_SQLITE_INSERT = (
+    f"INSERT INTO outbox_messages ({', '.join(OUTBOX_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in OUTBOX_COLUMNS)})"
+)
+
+
+def enqueue_sqlite(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Insert ``messages`` on a raw ``sqlite3`` connection inside the caller's transaction
+    (the decision store's file writer calls it between ``BEGIN IMMEDIATE`` and ``COMMIT``)."""
+    if messages:
+        conn.executemany(_SQLITE_INSERT, outbox_rows(messages, dialect="sqlite"))
+
+
+# One array per column (unnest zips them): text for the JSON too, cast on the server, so the
+# statement works whatever json codec the connection has.
+_PG_SELECT = (
+    "SELECT m.id, m.tenant_id, m.topic, m.subject, m.payload::json, m.created_at, 0, "
+    "m.created_at, '' FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::text[], "
+    "${4}::text[], ${5}::timestamptz[]) AS m(id, tenant_id, topic, subject, payload, created_at)"
+)
+_PG_COLUMNS = f"INSERT INTO outbox_messages ({', '.join(OUTBOX_COLUMNS)}) "
+
+
+def _pg_select(first_param: int) -> str:
+    return _PG_SELECT.format(*range(first_param, first_param + 6))
+
+
+_PG_INSERT = _PG_COLUMNS + _pg_select(1)
+
+
+def pg_outbox_params(messages: Sequence[OutboxMessage]) -> list[list[Any]]:
+    """The six array parameters of the PostgreSQL outbox insert, in order."""
+    rows = outbox_rows(messages, dialect="postgresql")
+    return [[row[i] for row in rows] for i in range(6)]
+
+
+async def enqueue_pg(conn: Any, messages: Sequence[OutboxMessage]) -> None:
+    """Insert ``messages`` on a raw asyncpg connection (one statement), inside the caller's
+    transaction (``async with conn.transaction(): ...``)."""
+    if messages:
+        await conn.execute(_PG_INSERT, *pg_outbox_params(messages))
+
+
+def pg_insert_with_outbox(decision_insert: str, *, first_param: int) -> str:
+    """One statement: ``decision_insert`` plus the outbox rows of the decisions it inserted.
+
+    ``decision_insert`` is an ``INSERT INTO decisions ...`` without ``RETURNING`` (it may end
+    in ``ON CONFLICT DO NOTHING``); the outbox arrays of :func:`pg_outbox_params` are bound from
+    ``$first_param`` on. A message is written only if the decision whose id is its ``subject``
+    was inserted by this statement, so a duplicate event id that the insert skips gets no
+    message, and the whole statement is one transaction even in autocommit. It returns
+    ``(tenant_id, event_id)`` of every decision inserted.
+    """
+    return (
+        f"WITH d AS ({decision_insert} RETURNING decision_id, tenant_id, event_id), "
+        f"o AS ({_PG_COLUMNS}SELECT m.* FROM ({_pg_select(first_param)}) AS m "
+        "JOIN d ON d.decision_id = m.subject) "
+        "SELECT tenant_id, event_id FROM d"
+    )

@@ -1,0 +1,602 @@
+"""``WebhookStore``: subscriptions, deliveries and the dispatcher's claims, in SQL.
+
+Claims are leases. Claiming a batch is one short write: the rows' ``attempts`` go up and their
+``next_attempt_at`` moves to the end of the lease, so no other dispatcher takes them while the
+work (an HTTP call, a stream publish) runs outside any transaction; the result is written in a
+second short transaction. A dispatcher that dies mid-work leaves its rows to be claimed again
+when the lease runs out — the same delivery, with the same id. On PostgreSQL the claim's
+inner SELECT takes ``FOR UPDATE SKIP LOCKED``, so dispatchers claiming at the same moment take
+disjoint batches instead of queueing on each other's row locks; on SQLite the claim is one
+UPDATE statement, which holds the database's write lock from its start.
+
+Every failure to reach the database becomes
+:class:`~riskguard.ports.DependencyUnavailable` (with the database named, never its password).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Boolean, bindparam, delete, exists, literal_column, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from riskguard.adapters.sql.engines import error_kind, is_db_error, make_engine
+from riskguard.adapters.sql.outbox import (
+    PENDING_WHERE,
+    outbox_messages,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
+from riskguard.adapters.sql.store import decode_cursor, encode_cursor, utc
+from riskguard.adapters.sql.urls import redact
+from riskguard.adapters.webhooks.models import (
+    ClaimedMessage,
+    Delivery,
+    DueDelivery,
+    MessageOutcome,
+    NewDelivery,
+    SecretRecord,
+    Subscription,
+)
+from riskguard.ports import DependencyUnavailable
+
+T = TypeVar("T")
+MAX_PAGE = 200
+
+_m = outbox_messages.c
+_s = webhook_subscriptions.c
+_d = webhook_deliveries.c
+_PENDING = literal_column(PENDING_WHERE, Boolean())  # as a literal: the partial index applies
+
+
+class StaleError(Exception):
+    """A subscription changed since it was read (the caller re-reads and retries)."""
+
+
+class AlreadyPendingError(Exception):
+    """Redelivery of a delivery that is still pending (it will be attempted anyway)."""
+
+
+class WebhookStore:
+    """Webhook data on the decision store's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self.dialect: str = engine.dialect.name
+        self._where = redact(engine.url.render_as_string(hide_password=True))
+
+    @classmethod
+    def from_url(cls, url: str) -> WebhookStore:
+        """A store with an engine of its own (closed by :meth:`close`)."""
+        return cls(make_engine(url, pool_size=4, max_overflow=4), owns_engine=True)
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool) -> T:
+        try:
+            if write:
+                async with self._engine.begin() as conn:
+                    return await work(conn)
+            async with self._engine.connect() as conn:
+                return await work(conn)
+        except IntegrityError:
+            raise
+        except Exception as exc:
+            if is_db_error(exc):
+                raise DependencyUnavailable(
+                    f"database {self._where} is unavailable ({error_kind(exc)})"
+                ) from None
+            raise
+
+    def _insert(self, table: Any) -> Any:
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def create_subscription(self, sub: Subscription) -> None:
+        """Store a new subscription; ValueError when its tenant does not exist."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(webhook_subscriptions.insert().values(**_subscription_row(sub)))
+
+        try:
+            await self._run(work, write=True)
+        except IntegrityError:
+            raise ValueError(f"unknown tenant {sub.tenant_id!r}") from None
+
+    async def get_subscription(self, tenant_id: str, subscription_id: str) -> Subscription | None:
+        rows = await self._rows(
+            select(webhook_subscriptions).where(_s.tenant_id == tenant_id, _s.id == subscription_id)
+        )
+        return _subscription(rows[0]) if rows else None
+
+    async def list_subscriptions(self, tenant_id: str) -> list[Subscription]:
+        rows = await self._rows(
+            select(webhook_subscriptions)
+            .where(_s.tenant_id == tenant_id)
+            .order_by(_s.created_at, _s.id)
+        )
+        return [_subscription(row) for row in rows]
+
+    async def save_subscription(self, sub: Subscription, *, expected_revision: int) -> None:
+        """Write ``sub`` over the stored row if that is still at ``expected_revision``
+        (:class:`StaleError` otherwise, or when the row is gone)."""
+        values = _subscription_row(sub)
+        for key in ("id", "tenant_id", "created_at"):
+            del values[key]
+        statement = (
+            update(webhook_subscriptions)
+            .where(
+                _s.tenant_id == sub.tenant_id,
+                _s.id == sub.id,
+                _s.revision == expected_revision,
+            )
+            .values(**values)
+        )
+
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(statement)).rowcount)
+
+        if await self._run(work, write=True) != 1:
+            raise StaleError(sub.id)
+
+    async def delete_subscription(self, tenant_id: str, subscription_id: str) -> bool:
+        """Delete it and its deliveries; False when there was none."""
+        statement = delete(webhook_subscriptions).where(
+            _s.tenant_id == tenant_id, _s.id == subscription_id
+        )
+
+        async def work(conn: AsyncConnection) -> bool:
+            await conn.execute(
+                delete(webhook_deliveries).where(
+                    _d.tenant_id == tenant_id, _d.subscription_id == subscription_id
+                )
+            )
+            return int((await conn.execute(statement)).rowcount) == 1
+
+        return await self._run(work, write=True)
+
+    async def disable_subscription(self, subscription_id: str, reason: str, now: datetime) -> None:
+        """Stop deliveries to a subscription (a receiver answered 410 Gone)."""
+        statement = (
+            update(webhook_subscriptions)
+            .where(_s.id == subscription_id)
+            .values(
+                enabled=False,
+                disabled_reason=reason,
+                updated_at=utc(now),
+                revision=_s.revision + 1,
+            )
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement)
+
+        await self._run(work, write=True)
+
+    # -- deliveries: reads and redelivery ----------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        tenant_id: str,
+        subscription_id: str,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Delivery], str | None]:
+        """A page, newest first, and the next page's cursor (ValueError for a bad cursor)."""
+        limit = max(1, min(MAX_PAGE, int(limit)))
+        conditions = [_d.tenant_id == tenant_id, _d.subscription_id == subscription_id]
+        if state is not None:
+            conditions.append(_d.state == state)
+        if cursor is not None:
+            at, last_id = decode_cursor(cursor)
+            conditions.append(tuple_(_d.created_at, _d.id) < tuple_(at, last_id))
+        rows = await self._rows(
+            _deliveries_query()
+            .where(*conditions)
+            .order_by(_d.created_at.desc(), _d.id.desc())
+            .limit(limit + 1)
+        )
+        items = [_delivery(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(items[-1].created_at, items[-1].id)
+        return items, next_cursor
+
+    async def get_delivery(
+        self, tenant_id: str, subscription_id: str, delivery_id: str
+    ) -> Delivery | None:
+        rows = await self._rows(
+            _deliveries_query().where(
+                _d.tenant_id == tenant_id,
+                _d.subscription_id == subscription_id,
+                _d.id == delivery_id,
+            )
+        )
+        return _delivery(rows[0]) if rows else None
+
+    async def redeliver(
+        self, tenant_id: str, subscription_id: str, delivery_id: str, now: datetime
+    ) -> Delivery | None:
+        """Make a delivered or dead delivery pending again, due now, with a fresh attempt
+        budget and the same id. None when it does not exist; :class:`AlreadyPendingError`
+        when it is pending already (it will be attempted anyway)."""
+        statement = (
+            update(webhook_deliveries)
+            .where(
+                _d.tenant_id == tenant_id,
+                _d.subscription_id == subscription_id,
+                _d.id == delivery_id,
+                _d.state != "pending",
+            )
+            .values(
+                state="pending",
+                attempts=0,
+                next_attempt_at=utc(now),
+                delivered_at=None,
+                last_status=None,
+                last_error=None,
+            )
+        )
+
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(statement)).rowcount)
+
+        changed = await self._run(work, write=True)
+        delivery = await self.get_delivery(tenant_id, subscription_id, delivery_id)
+        if delivery is not None and not changed:
+            raise AlreadyPendingError(delivery_id)
+        return delivery
+
+    # -- the dispatcher: messages ------------------------------------------------------------
+
+    async def claim_messages(
+        self, limit: int, lease_s: float, now: datetime
+    ) -> list[ClaimedMessage]:
+        """Lease up to ``limit`` undispatched messages that are due, oldest first."""
+        due = (
+            select(_m.id)
+            .where(_m.dispatched_at.is_(None), _m.next_attempt_at <= utc(now))
+            .order_by(_m.next_attempt_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(outbox_messages)
+            .where(_m.id.in_(due.scalar_subquery()))
+            .values(
+                attempts=_m.attempts + 1,
+                next_attempt_at=utc(now) + timedelta(seconds=lease_s),
+            )
+            .returning(
+                _m.id,
+                _m.tenant_id,
+                _m.topic,
+                _m.subject,
+                _m.payload,
+                _m.created_at,
+                _m.attempts,
+                _m.sinks_done,
+            )
+        )
+
+        async def work(conn: AsyncConnection) -> Sequence[Row[Any]]:
+            rows: Sequence[Row[Any]] = (await conn.execute(statement)).all()
+            return rows
+
+        rows = await self._run(work, write=True)
+        claimed = [
+            ClaimedMessage(
+                id=row.id,
+                tenant_id=row.tenant_id,
+                topic=row.topic,
+                subject=row.subject,
+                payload=row.payload,
+                created_at=utc(row.created_at),
+                attempts=int(row.attempts),
+                sinks_done=frozenset(filter(None, row.sinks_done.split(","))),
+            )
+            for row in rows
+        ]
+        claimed.sort(key=lambda m: (m.created_at, m.id))
+        return claimed
+
+    async def enabled_subscriptions(self, tenant_ids: Sequence[str]) -> list[Subscription]:
+        if not tenant_ids:
+            return []
+        rows = await self._rows(
+            select(webhook_subscriptions).where(
+                _s.tenant_id.in_(sorted(set(tenant_ids))), _s.enabled.is_(True)
+            )
+        )
+        return [_subscription(row) for row in rows]
+
+    async def finish_messages(
+        self,
+        outcomes: Sequence[MessageOutcome],
+        deliveries: Sequence[NewDelivery],
+        now: datetime,
+    ) -> None:
+        """In one transaction: create ``deliveries`` (those that exist already are kept as
+        they are) and record each message's outcome (dispatched, or due again later)."""
+        at = utc(now)
+        insert = self._insert(webhook_deliveries).on_conflict_do_nothing(index_elements=["id"])
+        delivery_rows = [
+            {
+                "id": d.id,
+                "tenant_id": d.tenant_id,
+                "subscription_id": d.subscription_id,
+                "message_id": d.message_id,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": at,
+                "created_at": at,
+            }
+            for d in deliveries
+        ]
+        finish = (
+            update(outbox_messages)
+            .where(_m.id == bindparam("b_id"))
+            .values(
+                sinks_done=bindparam("b_sinks"),
+                dispatched_at=bindparam("b_dispatched"),
+                next_attempt_at=bindparam("b_next"),
+                last_error=bindparam("b_error"),
+            )
+        )
+        outcome_rows = [
+            {
+                "b_id": o.id,
+                "b_sinks": ",".join(sorted(o.sinks_done)),
+                "b_dispatched": at if o.retry_at is None else None,
+                "b_next": at if o.retry_at is None else utc(o.retry_at),
+                "b_error": o.error,
+            }
+            for o in outcomes
+        ]
+
+        async def work(conn: AsyncConnection) -> None:
+            if delivery_rows:
+                await conn.execute(insert, delivery_rows)
+            if outcome_rows:
+                await conn.execute(finish, outcome_rows)
+
+        await self._run(work, write=True)
+
+    # -- the dispatcher: deliveries ----------------------------------------------------------
+
+    async def claim_deliveries(
+        self, limit: int, lease_s: float, now: datetime
+    ) -> list[DueDelivery]:
+        """Lease up to ``limit`` pending deliveries that are due, of enabled subscriptions,
+        counting this attempt; with each its subscription's URL and secrets and its message."""
+        at = utc(now)
+        due = (
+            select(_d.id)
+            .where(
+                _PENDING,
+                _d.next_attempt_at <= at,
+                exists().where(_s.id == _d.subscription_id, _s.enabled.is_(True)),
+            )
+            .order_by(_d.next_attempt_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True, of=webhook_deliveries)
+        claim = (
+            update(webhook_deliveries)
+            .where(_d.id.in_(due.scalar_subquery()))
+            .values(
+                attempts=_d.attempts + 1,
+                next_attempt_at=at + timedelta(seconds=lease_s),
+                last_attempt_at=at,
+            )
+            .returning(_d.id)
+        )
+
+        details = (
+            select(
+                _d.id,
+                _d.attempts,
+                _d.subscription_id,
+                _d.tenant_id,
+                _s.url,
+                _s.secrets,
+                _m.id.label("message_id"),
+                _m.topic,
+                _m.payload,
+                _m.created_at.label("message_created_at"),
+            )
+            .join(webhook_subscriptions, _s.id == _d.subscription_id)
+            .join(outbox_messages, _m.id == _d.message_id)
+            .order_by(_d.next_attempt_at, _d.id)
+        )
+
+        async def work(conn: AsyncConnection) -> list[Any]:
+            ids = [row.id for row in (await conn.execute(claim)).all()]
+            if not ids:
+                return []
+            return list((await conn.execute(details.where(_d.id.in_(ids)))).all())
+
+        rows = await self._run(work, write=True)
+        return [
+            DueDelivery(
+                id=row.id,
+                attempts=int(row.attempts),
+                subscription_id=row.subscription_id,
+                tenant_id=row.tenant_id,
+                url=row.url,
+                secrets=_secrets(row.secrets),
+                message_id=row.message_id,
+                topic=row.topic,
+                payload=row.payload,
+                message_created_at=utc(row.message_created_at),
+            )
+            for row in rows
+        ]
+
+    async def delivery_succeeded(self, delivery_id: str, status: int, now: datetime) -> None:
+        statement = (
+            update(webhook_deliveries)
+            .where(_d.id == delivery_id, _PENDING)
+            .values(state="delivered", delivered_at=utc(now), last_status=status, last_error=None)
+        )
+        await self._execute(statement)
+
+    async def delivery_failed(
+        self,
+        delivery_id: str,
+        *,
+        attempts: int,
+        status: int | None,
+        error: str,
+        retry_at: datetime | None,
+    ) -> None:
+        """Record a failed attempt: due again at ``retry_at``, or dead when that is None.
+        Only if the delivery is still at ``attempts`` (no later claim has taken it)."""
+        values: dict[str, Any] = {"last_status": status, "last_error": error[:500]}
+        if retry_at is None:
+            values["state"] = "dead"
+        else:
+            values["next_attempt_at"] = utc(retry_at)
+        statement = (
+            update(webhook_deliveries)
+            .where(_d.id == delivery_id, _PENDING, _d.attempts == attempts)
+            .values(**values)
+        )
+        await self._execute(statement)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete messages dispatched before ``before`` that have no pending delivery, with
+        their deliveries; the number of messages deleted."""
+        at = utc(before)
+        other = webhook_deliveries.alias("other")
+        doomed = select(_m.id).where(
+            _m.dispatched_at < at,
+            ~exists().where(other.c.message_id == _m.id, other.c.state == "pending"),
+        )
+        drop_deliveries = delete(webhook_deliveries).where(_d.message_id.in_(doomed))
+        drop_messages = delete(outbox_messages).where(
+            _m.dispatched_at < at, ~exists().where(_d.message_id == _m.id, _PENDING)
+        )
+
+        async def work(conn: AsyncConnection) -> int:
+            await conn.execute(drop_deliveries)
+            return int((await conn.execute(drop_messages)).rowcount)
+
+        return await self._run(work, write=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _execute(self, statement: Any) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement)
+
+        await self._run(work, write=True)
+
+    async def _rows(self, statement: Any) -> builtins.list[Row[Any]]:
+        async def work(conn: AsyncConnection) -> builtins.list[Row[Any]]:
+            return list((await conn.execute(statement)).all())
+
+        return await self._run(work, write=False)
+
+
+def _deliveries_query() -> Any:
+    return select(webhook_deliveries, _m.topic).join(outbox_messages, _m.id == _d.message_id)
+
+
+def _secret_json(s: SecretRecord) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "sealed": s.sealed,
+        "created_at": utc(s.created_at).isoformat(),
+        "expires_at": None if s.expires_at is None else utc(s.expires_at).isoformat(),
+    }
+
+
+def _secrets(value: Any) -> tuple[SecretRecord, ...]:
+    return tuple(
+        SecretRecord(
+            id=item["id"],
+            sealed=item["sealed"],
+            created_at=datetime.fromisoformat(item["created_at"]),
+            expires_at=(
+                None
+                if item.get("expires_at") is None
+                else datetime.fromisoformat(item["expires_at"])
+            ),
+        )
+        for item in value
+    )
+
+
+def _subscription_row(sub: Subscription) -> dict[str, Any]:
+    return {
+        "id": sub.id,
+        "tenant_id": sub.tenant_id,
+        "url": sub.url,
+        "description": sub.description,
+        "events": list(sub.events),
+        "outcomes": None if sub.outcomes is None else list(sub.outcomes),
+        "secrets": [_secret_json(s) for s in sub.secrets],
+        "enabled": sub.enabled,
+        "disabled_reason": sub.disabled_reason,
+        "created_at": utc(sub.created_at),
+        "updated_at": utc(sub.updated_at),
+        "revision": sub.revision,
+    }
+
+
+def _subscription(row: Row[Any]) -> Subscription:
+    m = row._mapping
+    return Subscription(
+        id=m["id"],
+        tenant_id=m["tenant_id"],
+        url=m["url"],
+        description=m["description"],
+        events=tuple(m["events"]),
+        outcomes=None if m["outcomes"] is None else tuple(m["outcomes"]),
+        secrets=_secrets(m["secrets"]),
+        enabled=bool(m["enabled"]),
+        created_at=utc(m["created_at"]),
+        updated_at=utc(m["updated_at"]),
+        revision=int(m["revision"]),
+        disabled_reason=m["disabled_reason"],
+    )
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    m = row._mapping
+
+    def at(name: str) -> datetime | None:
+        value = m[name]
+        return None if value is None else utc(value)
+
+    return Delivery(
+        id=m["id"],
+        tenant_id=m["tenant_id"],
+        subscription_id=m["subscription_id"],
+        message_id=m["message_id"],
+        topic=m["topic"],
+        state=m["state"],
+        attempts=int(m["attempts"]),
+        next_attempt_at=utc(m["next_attempt_at"]),
+        created_at=utc(m["created_at"]),
+        last_attempt_at=at("last_attempt_at"),
+        delivered_at=at("delivered_at"),
+        last_status=m["last_status"],
+        last_error=m["last_error"],
+    )
