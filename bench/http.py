@@ -277,11 +277,13 @@ class ServerConfig:
     workers: int
     access_log: bool
     connections: tuple[int, ...]
+    after: bool = False  # the outbox, its dispatcher and the audit log on (issue 6's ratio)
 
     @property
     def name(self) -> str:
         log = ", access log" if self.access_log else ""
-        return f"{self.backend} w{self.workers}{log}"
+        after = ", outbox+audit" if self.after else ""
+        return f"{self.backend} w{self.workers}{log}{after}"
 
 
 def source_digest() -> str:
@@ -323,6 +325,11 @@ class Server:
             RISKGUARD_ACCESS_LOG="true" if config.access_log else "false",
             RISKGUARD_LOG_LEVEL="info",  # the default; the access log is written at info
             RISKGUARD_WORKERS=str(config.workers),
+            # The decision path alone (what the targets are set for); --after-decision adds a
+            # configuration with what follows a decision (outbox, dispatcher, audit) on.
+            RISKGUARD_OUTBOX="true" if config.after else "false",
+            RISKGUARD_AUDIT="true" if config.after else "false",
+            RISKGUARD_AUDIT_SIGNING_KEY=str(log_path.parent / "audit.key"),
         )
         if backend.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = backend.redis_url
@@ -683,7 +690,7 @@ class Row:
 
     @property
     def judged(self) -> bool:
-        return self.config.backend == "postgresql"
+        return self.config.backend == "postgresql" and not self.config.after
 
     def verdicts(self) -> dict[str, bool]:
         v: dict[str, bool] = {}
@@ -825,6 +832,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-access-log-round", action="store_true", help="skip the round with the access log"
     )
+    parser.add_argument(
+        "--after-decision",
+        action="store_true",
+        help="also run (b) with 1 worker and the outbox, its dispatcher and the audit log on "
+        "(the servers of the other rows run with them off)",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -924,7 +937,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in (None, "postgresql"):
         conns = (args.connections,) + ((high,) if high and high != args.connections else ())
         configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
-    log_configs = [ServerConfig(c.backend, c.workers, True, (args.connections,)) for c in configs]
+        if args.after_decision:
+            configs.append(ServerConfig("postgresql", 1, False, (args.connections,), after=True))
+    log_configs = [
+        ServerConfig(c.backend, c.workers, True, (args.connections,))
+        for c in configs
+        if not c.after
+    ]
 
     secret = secrets.token_urlsafe(32)
     configure_logging(load_settings(log_level="warning"), stream=sys.stderr)  # provisioning
@@ -956,7 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def one_server(config: ServerConfig, backend: Backend, label: str) -> None:
         name = f"server-{config.backend}-w{config.workers}"
-        log_path = log_dir / f"{name}{'-accesslog' if config.access_log else ''}-{label}.log"
+        suffix = ("-accesslog" if config.access_log else "") + ("-after" if config.after else "")
+        log_path = log_dir / f"{name}{suffix}-{label}.log"
         server = Server(backend, config, secret, log_path)
         wait_for_quiet(cpus, args.quiet_below, args.max_wait)
         source = source_digest()

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -80,6 +81,30 @@ def build_state(settings: Settings) -> SharedStateStore:
 _STOP_DISPATCHER_S = 5.0
 
 
+def build_audit(settings: Settings) -> Any:
+    """The audit log (None when ``RISKGUARD_AUDIT`` is off): in the decision database, signed
+    with the key of ``RISKGUARD_AUDIT_SIGNING_KEY`` (in development one is made on first use)."""
+    if not settings.audit:
+        return None
+    from riskguard.adapters.audit.keys import AuditSettings, load_signer
+    from riskguard.adapters.sql.urls import is_memory
+
+    audit_settings = AuditSettings()
+    signer = load_signer(audit_settings)
+    if is_memory(settings.database_url):
+        from riskguard.adapters.audit.log import MemoryAuditLog
+
+        return MemoryAuditLog(signer, policy=audit_settings.policy)
+    from riskguard.adapters.sql.audit import SqlAuditLog
+
+    return SqlAuditLog(
+        settings.database_url,
+        signer,
+        policy=audit_settings.policy,
+        batch_max=audit_settings.batch_max,
+    )
+
+
 class Container:
     """Everything one service process runs on; ``start``/``stop`` bracket its life."""
 
@@ -126,6 +151,16 @@ class Container:
         )
         self.dispatcher: Any = None
         self._dispatching: asyncio.Task[None] | None = None
+        self.audit = build_audit(settings)
+        if self.audit is not None:
+            audit = self.audit
+
+            async def audit_change(
+                tenant_id: str, actor: str, action: str, body: Mapping[str, Any]
+            ) -> None:
+                await audit.append_one(action=action, actor=actor, body=body, tenant_id=tenant_id)
+
+            self.rules.audit = audit_change
 
     def _build_dispatcher(self) -> Any:
         from riskguard.adapters.webhooks.dispatcher import Dispatcher, DispatcherConfig
@@ -134,6 +169,10 @@ class Container:
 
         settings = self.settings
         publishers: list[Any] = [AlertsConsumer(self.alerts, self.store)]
+        if self.audit is not None:
+            from riskguard.services.consumers import AuditConsumer
+
+            publishers.append(AuditConsumer(self.audit))
         if settings.redis_url is not None:
             from riskguard.adapters.streams.redis_streams import RedisStreamPublisher
 
@@ -159,6 +198,8 @@ class Container:
 
             await asyncio.to_thread(upgrade, self.settings.database_url)
         await self.store.start()
+        if self.audit is not None:
+            await self.audit.start()
         try:
             await self.engines.refresh()
         except DependencyUnavailable:
@@ -181,6 +222,8 @@ class Container:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._dispatching, _STOP_DISPATCHER_S)
             await self.dispatcher.close()
+        if self.audit is not None:
+            await self.audit.close()
         await self.store.close()
         await self.alerts.close()
         await self.webhooks.close()

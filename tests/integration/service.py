@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from riskguard.wiring import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-tests-secret-key-0123456789abcdef"
+AUDIT_KEY = os.path.join(tempfile.gettempdir(), "riskguard-tests-audit.key")
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Backend:
             RISKGUARD_REDIS_PREFIX=self.redis_prefix,
             RISKGUARD_RULESET_POLL_S="0.5",
             RISKGUARD_LOG_LEVEL="warning",
+            # development makes the audit signing key on first use: not in the checkout
+            RISKGUARD_AUDIT_SIGNING_KEY=AUDIT_KEY,
         )
         if self.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = self.redis_url

@@ -44,3 +44,37 @@ class AlertsConsumer:
 
     async def close(self) -> None:
         return None
+
+
+class AuditConsumer:
+    """Appends every decision and alert change to the audit log, one batch per call.
+
+    At least once: a batch the dispatcher offers again after a crash between the append and
+    its bookkeeping is appended again, so a message can appear twice in the log (its outbox
+    id, ``message_id`` in the body, tells the copies apart); it is never missing."""
+
+    name = "audit"
+
+    def __init__(self, audit: Any) -> None:
+        self.audit = audit
+
+    async def publish(self, events: Sequence[Mapping[str, Any]]) -> None:
+        from riskguard.adapters.audit.chain import new_entry
+
+        entries = []
+        for event in events:
+            kind = str(event.get("type", "")).removeprefix("io.riskguard.")
+            data = event.get("data") or {}
+            entries.append(
+                new_entry(
+                    action=kind,
+                    actor=str(data.get("actor") or "riskguard"),
+                    body={"message_id": event.get("id"), "subject": event.get("subject"), **data},
+                    tenant_id=event.get("tenantid"),
+                )
+            )
+        if entries:
+            await self.audit.append(entries)
+
+    async def close(self) -> None:
+        return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -162,6 +162,8 @@ class RulesService:
     def __init__(self, store: DecisionStore, engines: EngineCache) -> None:
         self._store = store
         self._engines = engines
+        # (tenant, actor, action, body) -> appended to the audit log; set by the wiring
+        self.audit: Callable[[str, str, str, Mapping[str, Any]], Awaitable[None]] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -205,7 +207,21 @@ class RulesService:
 
     # -- writing -------------------------------------------------------------------------
 
-    async def create_rule(self, tenant_id: str, rule: Mapping[str, Any]) -> dict[str, Any]:
+    async def _audited(
+        self, tenant_id: str, actor: str, action: str, body: Mapping[str, Any]
+    ) -> None:
+        """Record a change in the audit log (when one is wired). The change has happened
+        already: a log that cannot take the record is reported loudly, not undone."""
+        if self.audit is None:
+            return
+        try:
+            await self.audit(tenant_id, actor, action, body)
+        except Exception as exc:
+            log.error("audit_append_failed", action=action, error_type=type(exc).__name__)
+
+    async def create_rule(
+        self, tenant_id: str, rule: Mapping[str, Any], *, actor: str = "system"
+    ) -> dict[str, Any]:
         body = rule_document(rule)
 
         def change(draft: Draft) -> None:
@@ -215,10 +231,11 @@ class RulesService:
             draft.document.setdefault("rules", []).append(body)
 
         await self._edit(tenant_id, change)
+        await self._audited(tenant_id, actor, "rule.created", {"rule": body})
         return dict(body, deleted=False)
 
     async def replace_rule(
-        self, tenant_id: str, rule_id: str, rule: Mapping[str, Any]
+        self, tenant_id: str, rule_id: str, rule: Mapping[str, Any], *, actor: str = "system"
     ) -> dict[str, Any]:
         rule = dict(rule)
         if rule.setdefault("id", rule_id) != rule_id:
@@ -229,10 +246,11 @@ class RulesService:
             _replace(draft, rule_id, lambda _old: body)
 
         await self._edit(tenant_id, change)
+        await self._audited(tenant_id, actor, "rule.replaced", {"rule": body})
         return dict(body, deleted=False)
 
     async def patch_rule(
-        self, tenant_id: str, rule_id: str, patch: Mapping[str, Any]
+        self, tenant_id: str, rule_id: str, patch: Mapping[str, Any], *, actor: str = "system"
     ) -> dict[str, Any]:
         result: dict[str, Any] = {}
 
@@ -249,9 +267,12 @@ class RulesService:
             _replace(draft, rule_id, apply)
 
         await self._edit(tenant_id, change)
+        await self._audited(
+            tenant_id, actor, "rule.patched", {"rule_id": rule_id, "patch": dict(patch)}
+        )
         return dict(result, deleted=False)
 
-    async def delete_rule(self, tenant_id: str, rule_id: str) -> None:
+    async def delete_rule(self, tenant_id: str, rule_id: str, *, actor: str = "system") -> None:
         def change(draft: Draft) -> None:
             rules = draft.document.get("rules", [])
             for i, rule in enumerate(rules):
@@ -261,15 +282,22 @@ class RulesService:
             raise NotFoundError(f"rule {rule_id} not found")
 
         await self._edit(tenant_id, change)
+        await self._audited(tenant_id, actor, "rule.deleted", {"rule_id": rule_id})
 
-    async def replace_draft(self, tenant_id: str, document: Mapping[str, Any]) -> Draft:
+    async def replace_draft(
+        self, tenant_id: str, document: Mapping[str, Any], *, actor: str = "system"
+    ) -> Draft:
         """Replace the whole draft pack (features, lists, thresholds and rules)."""
         validate_document(document)
 
         def change(draft: Draft) -> None:
             draft.document = copy.deepcopy(dict(document))
 
-        return await self._edit(tenant_id, change)
+        draft = await self._edit(tenant_id, change)
+        await self._audited(
+            tenant_id, actor, "draft.replaced", {"revision": draft.revision, "pack": document}
+        )
+        return draft
 
     async def _edit(self, tenant_id: str, change: Callable[[Draft], None]) -> Draft:
         for _ in range(_RETRIES):
@@ -315,6 +343,9 @@ class RulesService:
         await self._store.publish(version)
         self._engines.activate(tenant_id, engine)
         log.info("ruleset_published", tenant=tenant_id, version=version.version, actor=actor)
+        await self._audited(
+            tenant_id, actor, "ruleset.published", {"version": version.version, "comment": comment}
+        )
         return version
 
     async def _engines_compile(self, document: Mapping[str, Any]) -> Engine:
@@ -330,6 +361,7 @@ class RulesService:
         await self._store.publish(stored)
         self._engines.activate(tenant_id, engine)
         log.info("ruleset_activated", tenant=tenant_id, version=version, actor=actor)
+        await self._audited(tenant_id, actor, "ruleset.activated", {"version": version})
         return await self._store.get_version(tenant_id, version) or stored
 
     async def versions(self, tenant_id: str) -> list[RulesetVersion]:

@@ -488,7 +488,9 @@ def create_app(container: Any) -> ServiceMiddleware:
     async def create_rule(caller: Caller, rule: RuleSpec) -> Response:
         caller.require("admin")
         body = await container.rules.create_rule(
-            caller.tenant_id, rule.model_dump(mode="json", exclude_defaults=True)
+            caller.tenant_id,
+            rule.model_dump(mode="json", exclude_defaults=True),
+            actor=caller.key_id,
         )
         return _json(body, 201)
 
@@ -502,7 +504,10 @@ def create_app(container: Any) -> ServiceMiddleware:
     async def replace_rule(caller: Caller, rule_id: RuleIdPath, rule: RuleSpec) -> Response:
         caller.require("admin")
         body = await container.rules.replace_rule(
-            caller.tenant_id, rule_id, rule.model_dump(mode="json", exclude_defaults=True)
+            caller.tenant_id,
+            rule_id,
+            rule.model_dump(mode="json", exclude_defaults=True),
+            actor=caller.key_id,
         )
         return _json(body)
 
@@ -516,7 +521,9 @@ def create_app(container: Any) -> ServiceMiddleware:
     async def patch_rule(caller: Caller, rule_id: RuleIdPath, patch: RulePatch) -> Response:
         caller.require("admin")
         changes = patch.model_dump(exclude_unset=True)
-        body = await container.rules.patch_rule(caller.tenant_id, rule_id, changes)
+        body = await container.rules.patch_rule(
+            caller.tenant_id, rule_id, changes, actor=caller.key_id
+        )
         return _json(body)
 
     @app.delete(
@@ -528,7 +535,7 @@ def create_app(container: Any) -> ServiceMiddleware:
     )
     async def delete_rule(caller: Caller, rule_id: RuleIdPath) -> Response:
         caller.require("admin")
-        await container.rules.delete_rule(caller.tenant_id, rule_id)
+        await container.rules.delete_rule(caller.tenant_id, rule_id, actor=caller.key_id)
         return Response(status_code=204)
 
     @app.post(
@@ -622,7 +629,7 @@ def create_app(container: Any) -> ServiceMiddleware:
     )
     async def put_draft(caller: Caller, document: dict[str, Any]) -> Response:
         caller.require("admin")
-        draft = await container.rules.replace_draft(caller.tenant_id, document)
+        draft = await container.rules.replace_draft(caller.tenant_id, document, actor=caller.key_id)
         return _json(
             {
                 "draft_version": pack_version(draft.document),
@@ -659,9 +666,11 @@ def create_app(container: Any) -> ServiceMiddleware:
 
     from riskguard.adapters.http import webhooks
     from riskguard.adapters.http.alerts import alerts_router
+    from riskguard.adapters.http.audit import audit_router
 
     app.include_router(alerts_router(container.alerts))
     app.include_router(webhooks.router)
+    app.include_router(audit_router())
 
     # -- OpenAPI: the decision request's component schemas, a bearer security scheme -------
 
