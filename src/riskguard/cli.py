@@ -220,6 +220,13 @@ def serve(
         raise _fail("several workers need shared state: set RISKGUARD_REDIS_URL")
     if workers > 1 and settings.database_url.startswith("sqlite"):
         typer.echo("riskguard: note: several workers share one SQLite file", err=True)
+    if settings.audit:
+        from riskguard.adapters.audit.keys import AuditKeyError, AuditSettings, load_signer
+
+        try:
+            load_signer(AuditSettings())  # in development, makes the key once, here
+        except AuditKeyError as exc:
+            raise _fail(f"audit log: {exc}") from None
     if settings.auto_migrate:
         from riskguard.adapters.sql.migrate import upgrade
 
@@ -296,9 +303,12 @@ def tenants_create(
     from riskguard.services.auth import create_tenant
     from riskguard.services.rules import EngineCache, RulesService
 
-    async def work(store: Any, _settings: Any) -> Any:
+    async def work(store: Any, settings: Any) -> Any:
         tenant = await create_tenant(store, name)
         version = await RulesService(store, EngineCache(store)).bootstrap(tenant.id)
+        await _audit(
+            settings, tenant.id, "tenant.created", {"name": name, "ruleset": version.version}
+        )
         return tenant, version
 
     try:
@@ -306,6 +316,24 @@ def tenants_create(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"tenant {tenant.id} ({tenant.name}) created, ruleset {version.version} active")
+
+
+async def _audit(settings: Any, tenant_id: str, action: str, body: dict[str, Any]) -> None:
+    """Append an administrative change to the audit log (when it is on)."""
+    from riskguard.adapters.audit.keys import AuditKeyError
+    from riskguard.wiring import build_audit
+
+    try:
+        audit = build_audit(settings)
+    except AuditKeyError as exc:
+        raise _fail(f"audit log: {exc}") from None
+    if audit is None:
+        return
+    await audit.start()
+    try:
+        await audit.append_one(action=action, actor="cli", body=body, tenant_id=tenant_id)
+    finally:
+        await audit.close()
 
 
 @keys_app.command("create")
@@ -326,6 +354,7 @@ def keys_create(
             raise _fail(f"no tenant {tenant!r}")
         row, plaintext = new_key(found.id, role, settings.secret)
         await store.create_key(row)
+        await _audit(settings, found.id, "key.created", {"key_id": row.key_id, "role": role})
         return found, row, plaintext
 
     found, row, plaintext = _run_with_store(work)
