@@ -14,9 +14,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from riskguard.adapters.http.deps import Caller
 from riskguard.adapters.http.problems import problem_response, responses
 from riskguard.engine.events import Id
 from riskguard.services.alerts import (
@@ -210,14 +211,6 @@ def _label_out(label: Label) -> LabelOut:
 
 
 # -- auth --------------------------------------------------------------------------------------
-
-
-async def _caller(request: Request) -> Principal:
-    """The caller, from its bearer key (AuthError -> 401 by the application's handler)."""
-    return await request.app.state.container.keys.verify(request.headers.get("authorization"))  # type: ignore[no-any-return]
-
-
-Caller = Annotated[Principal, Depends(_caller)]
 
 
 def _require(caller: Principal, *roles: str) -> None:

@@ -17,12 +17,13 @@ from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from riskguard.adapters.http.deps import Caller
 from riskguard.adapters.http.metrics import Metrics
 from riskguard.adapters.http.middleware import ServiceMiddleware
 from riskguard.adapters.http.problems import PROBLEM_JSON, TITLES, problem_response, responses
@@ -47,7 +48,7 @@ from riskguard.adapters.http.schemas import (
 from riskguard.engine.events import InvalidEventError
 from riskguard.engine.rules import PackIssue, RulePackError, RuleSpec, pack_version
 from riskguard.ports import DecisionQuery, DecisionRecord, DependencyUnavailable, RulesetVersion
-from riskguard.services.auth import AuthError, ForbiddenError, Principal
+from riskguard.services.auth import AuthError, ForbiddenError
 from riskguard.services.decisions import (
     ConflictError,
     PendingError,
@@ -65,12 +66,6 @@ _RULE_ID = r"^[A-Z][A-Z0-9_]{1,79}$"
 _VERSION = r"^rs-[0-9a-f]{16}$"
 
 
-async def principal(request: Request) -> Principal:
-    """The caller of a /v1 request, from its bearer key (401/403 via the error handlers)."""
-    return await request.app.state.container.keys.verify(request.headers.get("authorization"))  # type: ignore[no-any-return]
-
-
-Caller = Annotated[Principal, Depends(principal)]
 RuleIdPath = Annotated[str, Path(pattern=_RULE_ID)]
 VersionPath = Annotated[str, Path(pattern=_VERSION)]
 

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from riskguard.adapters.http.deps import Caller
 from riskguard.adapters.http.problems import problem_response, responses
-from riskguard.services.auth import Principal
 
 _ACTION = r"^[a-z][a-z0-9_.-]{0,63}$"
-
-
-async def _caller(request: Request) -> Principal:
-    return await request.app.state.container.keys.verify(request.headers.get("authorization"))  # type: ignore[no-any-return]
-
-
-Caller = Annotated[Principal, Depends(_caller)]
 
 
 class AuditRecordOut(BaseModel):

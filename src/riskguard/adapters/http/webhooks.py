@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from riskguard.adapters.http.deps import Caller
 from riskguard.adapters.http.problems import problem_response, responses
 from riskguard.adapters.webhooks.models import Delivery, Subscription
 from riskguard.adapters.webhooks.service import (
@@ -31,7 +32,6 @@ from riskguard.adapters.webhooks.service import (
     WebhookService,
 )
 from riskguard.adapters.webhooks.signing import WebhookSecret
-from riskguard.services.auth import Principal
 
 _JSON = "application/json"
 _WEBHOOK_ID = r"^wh_[0-9a-f]{16}$"
@@ -162,15 +162,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], lifespan=_lifespan)
 
 
-async def _principal(request: Request) -> Principal:
-    return await request.app.state.container.keys.verify(request.headers.get("authorization"))  # type: ignore[no-any-return]
-
-
 def _service(request: Request) -> WebhookService:
     return request.app.state.webhooks  # type: ignore[no-any-return]
 
 
-Caller = Annotated[Principal, Depends(_principal)]
 Service = Annotated[WebhookService, Depends(_service)]
 WebhookIdPath = Annotated[str, Path(pattern=_WEBHOOK_ID)]
 DeliveryIdPath = Annotated[str, Path(pattern=_DELIVERY_ID)]
