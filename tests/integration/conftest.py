@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +22,10 @@ PG_PORT = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
 PG_ADMIN_DB = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
 PG_USER = os.environ.get("RISKGUARD_TEST_PG_USER", "postgres")
 REDIS_URL = os.environ.get("RISKGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Servers in this process read the audit key's path from the environment: one test key, out
+# of the checkout, so every server of the session signs checkpoints with the same key.
+AUDIT_KEY = os.path.join(tempfile.gettempdir(), "riskguard-tests-audit.key")
+os.environ.setdefault("RISKGUARD_AUDIT_SIGNING_KEY", AUDIT_KEY)
 
 
 def _reachable(host: str, port: int) -> bool:

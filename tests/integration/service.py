@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import signal
 import subprocess
 import sys
@@ -19,10 +18,10 @@ from riskguard.adapters.sql.migrate import upgrade
 from riskguard.adapters.sql.store import SqlDecisionStore
 from riskguard.settings import load_settings
 from riskguard.wiring import provision
+from tests.integration.conftest import AUDIT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-tests-secret-key-0123456789abcdef"
-AUDIT_KEY = os.path.join(tempfile.gettempdir(), "riskguard-tests-audit.key")
 
 
 @dataclass

@@ -81,6 +81,9 @@ class AlertServer:
             database_url=self.database_url,
             secret_key=SECRET,
             gc_tuning=False,
+            # these tests deliver decisions to the alert service themselves, deterministically;
+            # the dispatcher's path is tested in test_after_decision.py
+            dispatcher=False,
             access_log=False,
             log_level="warning",
             ruleset_poll_s=0.5,

@@ -71,6 +71,7 @@ class AuditConsumer:
                     actor=str(data.get("actor") or "riskguard"),
                     body={"message_id": event.get("id"), "subject": event.get("subject"), **data},
                     tenant_id=event.get("tenantid"),
+                    body_from_json=True,  # the payload was read back from the outbox's JSON
                 )
             )
         if entries:

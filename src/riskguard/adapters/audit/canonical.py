@@ -48,6 +48,57 @@ def canonical_json(value: Any) -> bytes:
         raise CanonicalJSONError(f"not encodable as UTF-8 JSON: {exc}") from None
 
 
+# orjson prints a float as Python's repr does, which is ECMAScript's text except for an
+# integral float (``1.0``, ``-0.0``) and an exponent form (``1e+16``, ``1e-06`` -> ``1e-6``;
+# the exponent always carries its sign). Inside a container every number is followed by ``,``
+# ``}`` or ``]``, so ``e-``, ``e+`` and ``.0`` before one of those find every such float;
+# found in a string instead, they send the value down the exact path: slower, never wrong.
+_FAST_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def canonical_json_of_json(value: Any) -> bytes:
+    """:func:`canonical_json` of a value decoded from JSON — only ``str``, ``int``,
+    ``float``, ``bool``, ``None``, lists and dicts with string keys, so never NaN, an
+    infinity or a ``datetime`` — several times faster on an object of a few dozen values.
+
+    orjson with sorted keys writes exactly the RFC 8785 bytes of an object or array when the
+    text is ASCII (code point order is UTF-16 order), no integer exceeds 2**53 - 1
+    (``OPT_STRICT_INTEGER`` refuses it), no float prints differently (see the
+    comment above) and the nesting is within :data:`MAX_DEPTH` (bounded by counting
+    brackets). Whenever one of those is not certain, the exact path runs (and raises where
+    it would)."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        try:
+            out = orjson.dumps(value, option=_FAST_OPTIONS)
+        except orjson.JSONEncodeError:
+            return canonical_json(value)
+        if (
+            out.isascii()
+            and b"e-" not in out
+            and b"e+" not in out
+            and not _integral_float(out)
+            and out.count(b"{") + out.count(b"[") <= MAX_DEPTH
+        ):
+            return out
+    return canonical_json(value)
+
+
+_NUMBER_ENDS = frozenset(b",}]")
+
+
+def _integral_float(out: bytes) -> bool:
+    """Whether ``out`` (an object or array) may hold a float printed ``X.0``: ``.0`` right
+    before the end of a value. One scan for ``.0`` (each byte scanned costs, and ``.0`` is
+    rare), then a look at the byte after each one found."""
+    at = out.find(b".0")
+    while at >= 0:
+        if out[at + 2] in _NUMBER_ENDS:  # never out of range: a container ends in } or ]
+            return True
+        at = out.find(b".0", at + 2)
+    return False
+
+
 class _PathError(Exception):
     """A problem deep in a value; each level adds its key on the way out (paths are only
     built when something is wrong)."""

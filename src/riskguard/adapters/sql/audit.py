@@ -17,9 +17,10 @@ writer first takes the log's write lock — ``pg_advisory_xact_lock`` on Postgre
 IMMEDIATE`` (the database's single writer) on SQLite — then reads the last record and the
 last checkpoint, so appenders in other processes never fork the chain: if another process
 appended since, this one follows its records first (checking their chain as it goes). It then
-chains the new records, inserts them, signs a checkpoint when the policy says one is due (every
-N records or T seconds; a timer covers quiet periods) and commits. The in-memory chain state is
-adopted only after the commit; after any failure it is read again from the database.
+chains the new records, inserts them (on PostgreSQL one ``INSERT ... SELECT unnest(...)`` over
+column arrays, not a statement per record), signs a checkpoint when the policy says one is due
+(every N records or T seconds; a timer covers quiet periods) and commits. The in-memory chain
+state is adopted only after the commit; after any failure it is read again from the database.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ _SQLITE_ROWS = (
 _PG_ROWS = (
     "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
     "tenant_id, actor, action, body, prev_hash, hash FROM audit_log ORDER BY seq"
+)
+_PG_INSERT = (
+    f"INSERT INTO audit_log ({_RECORD_COLUMNS}) SELECT * FROM unnest($1::bigint[], "
+    "$2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
 )
 _CHECKPOINT_ROWS = "SELECT tree_size, root_hash, note FROM audit_checkpoints ORDER BY tree_size"
 
@@ -366,7 +371,21 @@ class SqlAuditLog:
         state = await self._follow(conn, head, last)
         now = self._clock()
         records, state = state.extend(entries, now)
-        if records:
+        if records and self.dialect == "postgresql":
+            # one statement over column arrays, not SQLAlchemy's per-row executemany
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            await raw.execute(
+                _PG_INSERT,
+                [r.seq for r in records],
+                [r.at for r in records],
+                [r.tenant_id for r in records],
+                [r.actor for r in records],
+                [r.action for r in records],
+                [r.body for r in records],
+                [r.prev_hash for r in records],
+                [r.hash for r in records],
+            )
+        elif records:
             await conn.execute(
                 audit_log.insert(),
                 [

@@ -9,6 +9,12 @@ inner SELECT takes ``FOR UPDATE SKIP LOCKED``, so dispatchers claiming at the sa
 disjoint batches instead of queueing on each other's row locks; on SQLite the claim is one
 UPDATE statement, which holds the database's write lock from its start.
 
+The fan-out's two writes run on PostgreSQL as raw asyncpg statements on a pooled connection,
+in autocommit when each is one statement (so atomic on its own): the claim, and the outcomes
+of a whole batch — usually one ``UPDATE ... WHERE id = ANY(...)`` for hundreds of messages,
+where SQLAlchemy's executemany would process and execute one UPDATE per message. A batch
+that creates deliveries or mixes outcomes writes them all in one transaction.
+
 Every failure to reach the database becomes
 :class:`~riskguard.ports.DependencyUnavailable` (with the database named, never its password).
 """
@@ -20,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import Boolean, bindparam, delete, exists, literal_column, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -27,7 +34,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from riskguard.adapters.sql.engines import error_kind, is_db_error, make_engine
+from riskguard.adapters.sql.engines import error_kind, is_db_error, loads, make_engine
 from riskguard.adapters.sql.outbox import (
     PENDING_WHERE,
     outbox_messages,
@@ -266,14 +273,31 @@ class WebhookStore:
         self, limit: int, lease_s: float, now: datetime
     ) -> list[ClaimedMessage]:
         """Lease up to ``limit`` undispatched messages that are due, oldest first."""
+        if self.dialect == "postgresql":
+            rows = await self._raw(
+                _PG_CLAIM_MESSAGES, utc(now), utc(now) + timedelta(seconds=lease_s), limit
+            )
+            claimed = [
+                ClaimedMessage(
+                    id=row[0],
+                    tenant_id=row[1],
+                    topic=row[2],
+                    subject=row[3],
+                    payload=loads(row[4]),
+                    created_at=row[5],
+                    attempts=row[6],
+                    sinks_done=frozenset(row[7].split(",")) if row[7] else _NO_SINKS,
+                )
+                for row in rows
+            ]
+            claimed.sort(key=_message_order)
+            return claimed
         due = (
             select(_m.id)
             .where(_m.dispatched_at.is_(None), _m.next_attempt_at <= utc(now))
             .order_by(_m.next_attempt_at)
             .limit(limit)
         )
-        if self.dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
         statement = (
             update(outbox_messages)
             .where(_m.id.in_(due.scalar_subquery()))
@@ -297,7 +321,7 @@ class WebhookStore:
             rows: Sequence[Row[Any]] = (await conn.execute(statement)).all()
             return rows
 
-        rows = await self._run(work, write=True)
+        stored = await self._run(work, write=True)
         claimed = [
             ClaimedMessage(
                 id=row.id,
@@ -309,9 +333,9 @@ class WebhookStore:
                 attempts=int(row.attempts),
                 sinks_done=frozenset(filter(None, row.sinks_done.split(","))),
             )
-            for row in rows
+            for row in stored
         ]
-        claimed.sort(key=lambda m: (m.created_at, m.id))
+        claimed.sort(key=_message_order)
         return claimed
 
     async def enabled_subscriptions(self, tenant_ids: Sequence[str]) -> list[Subscription]:
@@ -333,6 +357,10 @@ class WebhookStore:
         """In one transaction: create ``deliveries`` (those that exist already are kept as
         they are) and record each message's outcome (dispatched, or due again later)."""
         at = utc(now)
+        if self.dialect == "postgresql":
+            if outcomes or deliveries:
+                await self._finish_pg(outcomes, deliveries, at)
+            return
         insert = self._insert(webhook_deliveries).on_conflict_do_nothing(index_elements=["id"])
         delivery_rows = [
             {
@@ -375,6 +403,61 @@ class WebhookStore:
                 await conn.execute(finish, outcome_rows)
 
         await self._run(work, write=True)
+
+    async def _finish_pg(
+        self, outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery], at: datetime
+    ) -> None:
+        """PostgreSQL: the outcomes in a statement or two, not one per message: messages
+        dispatched with the same streams done (the usual batch: all of them) as one
+        ``UPDATE ... WHERE id = ANY($1)``, the others as one ``UPDATE ... FROM unnest(...)``;
+        in one transaction with the deliveries' insert and each other when there is more
+        than one statement."""
+        dispatched: dict[frozenset[str], list[str]] = {}
+        retried: list[MessageOutcome] = []
+        for o in outcomes:
+            if o.retry_at is None and o.error is None:
+                dispatched.setdefault(o.sinks_done, []).append(o.id)
+            else:
+                retried.append(o)
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if deliveries:
+            statements.append(
+                (
+                    _PG_INSERT_DELIVERIES,
+                    (
+                        [d.id for d in deliveries],
+                        [d.tenant_id for d in deliveries],
+                        [d.subscription_id for d in deliveries],
+                        [d.message_id for d in deliveries],
+                        at,
+                    ),
+                )
+            )
+        for sinks, ids in dispatched.items():
+            statements.append((_PG_DISPATCHED, (ids, ",".join(sorted(sinks)), at)))
+        if retried:
+            statements.append(
+                (
+                    _PG_FINISH_MESSAGES,
+                    (
+                        [o.id for o in retried],
+                        [",".join(sorted(o.sinks_done)) for o in retried],
+                        [at if o.retry_at is None else None for o in retried],
+                        [at if o.retry_at is None else utc(o.retry_at) for o in retried],
+                        [o.error for o in retried],
+                    ),
+                )
+            )
+
+        async def work(conn: Any) -> None:
+            if len(statements) == 1:  # one statement: atomic in autocommit
+                await conn.execute(statements[0][0], *statements[0][1])
+                return
+            async with conn.transaction():
+                for statement, args in statements:
+                    await conn.execute(statement, *args)
+
+        await self._on_driver(work)
 
     # -- the dispatcher: deliveries ----------------------------------------------------------
 
@@ -501,6 +584,27 @@ class WebhookStore:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    async def _on_driver(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work`` on a pooled connection's own asyncpg connection, in autocommit: the
+        dispatcher's hot statements skip SQLAlchemy's per-row parameter processing (and an
+        explicit BEGIN/COMMIT around a single statement)."""
+
+        async def on(conn: AsyncConnection) -> T:
+            raw = await conn.get_raw_connection()
+            try:
+                return await work(raw.driver_connection)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                # as through SQLAlchemy: about the data, not the database being unavailable
+                raise IntegrityError(None, None, exc) from exc
+
+        return await self._run(on, write=False)
+
+    async def _raw(self, statement: str, *args: Any) -> builtins.list[Any]:
+        async def work(conn: Any) -> builtins.list[Any]:
+            return list(await conn.fetch(statement, *args))
+
+        return await self._on_driver(work)
+
     async def _execute(self, statement: Any) -> None:
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(statement)
@@ -512,6 +616,39 @@ class WebhookStore:
             return list((await conn.execute(statement)).all())
 
         return await self._run(work, write=False)
+
+
+_NO_SINKS: frozenset[str] = frozenset()
+
+# The PostgreSQL claim as one autocommitted statement: SKIP LOCKED keeps concurrent
+# dispatchers on disjoint rows; the lease is the new next_attempt_at.
+_PG_CLAIM_MESSAGES = (
+    "UPDATE outbox_messages SET attempts = attempts + 1, next_attempt_at = $2 "
+    "WHERE id IN (SELECT id FROM outbox_messages WHERE dispatched_at IS NULL "
+    "AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, tenant_id, topic, subject, payload::text, created_at, attempts, sinks_done"
+)
+_PG_FINISH_MESSAGES = (
+    "UPDATE outbox_messages AS m SET sinks_done = o.sinks, dispatched_at = o.dispatched, "
+    "next_attempt_at = o.next, last_error = o.error "
+    "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[]) "
+    "AS o(id, sinks, dispatched, next, error) WHERE m.id = o.id"
+)
+_PG_DISPATCHED = (
+    "UPDATE outbox_messages SET sinks_done = $2, dispatched_at = $3, next_attempt_at = $3, "
+    "last_error = NULL WHERE id = ANY($1::text[])"
+)
+_PG_INSERT_DELIVERIES = (
+    "INSERT INTO webhook_deliveries (id, tenant_id, subscription_id, message_id, state, "
+    "attempts, next_attempt_at, created_at) "
+    "SELECT d.id, d.tenant_id, d.subscription_id, d.message_id, 'pending', 0, $5, $5 "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+    "AS d(id, tenant_id, subscription_id, message_id) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _message_order(m: ClaimedMessage) -> tuple[datetime, str]:
+    return (m.created_at, m.id)
 
 
 def _deliveries_query() -> Any:
