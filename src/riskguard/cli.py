@@ -14,6 +14,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from riskguard.adapters.audit.cli import audit_app
+from riskguard.adapters.ml.cli import model_app
 from riskguard.engine.decide import Decision, Engine
 from riskguard.engine.events import InvalidEventError, parse_event
 from riskguard.engine.rules import RulePackError, Ruleset, load_ruleset_text
@@ -37,6 +38,7 @@ app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(model_app, name="model")
 
 EXIT_PROBLEMS = 1
 EXIT_UNUSABLE = 2

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # process unless turned off here, or `riskguard worker`) opens alerts, appends the audit
     # log, delivers webhooks and publishes CloudEvents to Redis Streams / NATS JetStream.
     outbox: bool = True
+    model_dir: str = "models"  # the model registry (docs/models.md)
     audit: bool = True  # RISKGUARD_AUDIT_* settings: docs/audit.md
     dispatcher: bool = True
     nats_url: str | None = None
