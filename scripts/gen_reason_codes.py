@@ -38,6 +38,7 @@ OTHERS = """## Model and service
 |---|---|
 | `MODEL_SCORE` | The active model's risk score; `value` is the score, the message names the features that drove it most. |
 | `DEPENDENCY_UNAVAILABLE` | Reserved for the decision service: the state store or database was slow or down and the event type's fail-open or fail-closed policy decided. |
+| `GATEWAY_UNDECLARED_SENSITIVE_ROUTE` | The zero-trust gateway: a service called a sensitive route its target does not declare (config or OpenAPI document); at least a challenge (docs/gateway.md). |
 """
 
 

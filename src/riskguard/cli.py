@@ -14,6 +14,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from riskguard.adapters.audit.cli import audit_app
+from riskguard.adapters.gateway.command import gateway
 from riskguard.adapters.ml.cli import model_app
 from riskguard.engine.decide import Decision, Engine
 from riskguard.engine.events import InvalidEventError, parse_event
@@ -39,6 +40,7 @@ db_app = typer.Typer(help="The database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.command()(gateway)
 
 EXIT_PROBLEMS = 1
 EXIT_UNUSABLE = 2

@@ -666,7 +666,10 @@ def create_app(container: Any) -> ServiceMiddleware:
     app.include_router(alerts_router(container.alerts))
     app.include_router(webhooks.router)
     app.include_router(audit_router())
+    from riskguard.adapters.http.authorize import authorize_router
     from riskguard.adapters.http.models import models_router
+
+    app.include_router(authorize_router)
 
     app.include_router(models_router(settings.model_dir))
 
