@@ -6,7 +6,7 @@ makes (``adapters/gateway/gatekeeper.py``: JWT, rate limit, risk decision, recor
 other decision): **200** to allow — with ``X-Riskguard-Subject``, ``X-Riskguard-Decision``,
 ``X-Riskguard-Outcome`` (and ``X-Riskguard-Deployment``) for the proxy to pass upstream — or a
 problem: **401** (no or bad token, or a step-up challenge), **403** (blocked), **429**
-(``Retry-After``), **503** (no usable keys, or identity not configured).
+(``Retry-After``), **503** (no usable keys), **404** when identity is not configured.
 
 The original request is read from what each proxy sends:
 
@@ -239,9 +239,11 @@ async def authorize(request: Request, rest: str | None = None) -> Response:
     authorizer: _Authorizer = request.app.state.authorizer
     gatekeeper = authorizer.gatekeeper
     if gatekeeper is None:
+        # a feature this service was not set up for: not found, not a server failure
         return _problem(
-            503,
-            "the gateway's identity settings (RISKGUARD_JWT_*) are not configured",
+            404,
+            "authorization is not enabled here: the gateway's identity settings "
+            "(RISKGUARD_JWT_*) are not configured",
             request,
         )
     try:
@@ -309,7 +311,7 @@ async def authorize(request: Request, rest: str | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-_DOC = responses(400, 401, 403, 429, 503)
+_DOC = responses(400, 401, 403, 404, 429, 503)
 
 
 @authorize_router.post(
