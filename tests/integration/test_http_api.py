@@ -293,6 +293,16 @@ def test_body_limit_and_trusted_hosts(server: Server, a: TenantKeys) -> None:
 # -- listing ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("entity", ["a\x00b", "tab\there", "x" * 129, ""])
+def test_bad_entity_filters_are_422_problems(server: Server, a: TenantKeys, entity: str) -> None:
+    """Control characters (PostgreSQL refuses NUL in text) never reach the database."""
+    r = httpx.get(
+        server.url + "/v1/decisions", params={"entity": entity}, headers=a.headers("read")
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
 def test_list_filters_and_cursor_pagination(server: Server, a: TenantKeys) -> None:
     account = uid("acct")
     ids = []

@@ -410,7 +410,9 @@ def create_app(container: Any) -> ServiceMiddleware:
             str | None, Query(pattern="^(transaction|login|session|api_call)$")
         ] = None,
         outcome: Annotated[str | None, Query(pattern="^(allow|challenge|review|block)$")] = None,
-        entity: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        entity: Annotated[
+            str | None, Query(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+        ] = None,
         since: Annotated[datetime | None, Query(description="occurred_at >= since")] = None,
         until: Annotated[datetime | None, Query(description="occurred_at < until")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
