@@ -22,6 +22,7 @@ from riskguard.engine.rules import RulePackError, Ruleset, load_ruleset_text
 from riskguard.engine.state import InMemoryStateStore
 from riskguard.rulefile import load_pack_file
 from riskguard.scoring import Scorer
+from riskguard.worker import worker
 
 app = typer.Typer(
     name="riskguard",
@@ -41,6 +42,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
 app.command()(gateway)
+app.command()(worker)
 
 EXIT_PROBLEMS = 1
 EXIT_UNUSABLE = 2
