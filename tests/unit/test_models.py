@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 from array import array
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ from riskguard.adapters.ml.trees import (
 )
 from riskguard.engine.decide import Engine
 from riskguard.engine.events import parse_event
+from riskguard.engine.models import ModelScore
+from riskguard.engine.rules import load_ruleset
 from riskguard.engine.state import InMemoryStateStore
 from riskguard.scoring import Scorer
 
@@ -443,7 +446,14 @@ def test_fdh_model_decides_inside_the_engine_and_the_absent_model_path_still_dec
     reason = next(r for r in decided.reasons if r.code == "MODEL_SCORE")
     assert reason.value > 0.5  # an amount far above the customer's habit (scenario 1)
     assert reason.contribution == pytest.approx(decided.score)  # the only signal
-    assert "driven by" in reason.message
+    assert decided.model_score == pytest.approx(reason.value)
+    # fdh.yaml pools rules and model with equal weights: 0.66 alone stays below challenge,
+    # and an allowed event's model reason is not broken down (see the engine tests below)
+    assert decided.outcome.label == "allow"
+    assert reason.factors is None
+    assert "driven by" not in reason.message
+    explained = model.score(decided.env)
+    assert sum(explained.contributions.values()) == pytest.approx(reason.value - model.base_score())
     plain = without.score(event)
     assert plain.model_version is None
     assert plain.outcome.label == "allow"
@@ -456,7 +466,9 @@ def test_fdh_model_decides_inside_the_engine_and_the_absent_model_path_still_dec
         }
     )
     assert math.isnan(model.score({"type": "login"}).score)
-    assert with_model.score(login).model_version == trained.manifest.version
+    assert model.event_types == frozenset({"transaction"})
+    # a login is not a type the model scores: the engine does not ask it (fast path, no version)
+    assert with_model.score(login).model_version is None
 
 
 # -- artifacts: tampered and foreign ones are refused ----------------------------------------
@@ -695,3 +707,134 @@ def test_scores_of_rows_are_what_score_gives(trained: dict[str, Trained], cc: Fr
         for row in rows.tolist()
     ]
     assert np.allclose(score_rows(model, rows), direct, rtol=0, atol=0)
+
+
+# -- the engine's model path -----------------------------------------------------------------
+
+
+class _CountedContributions(Mapping[str, float]):
+    """Contributions that count how often they are read (a lazy model computes them then)."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> float:
+        self.reads += 1
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        self.reads += 1
+        return len(self.values)
+
+
+class StubModel:
+    """A transaction model scoring ``data.amount / 1000`` (capped), recording what it saw."""
+
+    version = "m-00000000000000aa"
+    features = ("type", "data.amount")
+
+    def __init__(self, event_types: frozenset[str] | None = frozenset({"transaction"})) -> None:
+        if event_types is not None:
+            self.event_types = event_types
+        self.seen: list[Any] = []
+        self.contributions: list[_CountedContributions] = []
+
+    def score(self, features: Mapping[str, Any]) -> ModelScore:
+        self.seen.append(features)
+        amount = features.get("data.amount")
+        if amount is None:
+            return ModelScore(math.nan)
+        contributions = _CountedContributions(
+            {"amount": min(amount / 1000.0, 1.0) - 0.1, "hour": -0.05, "night": 0.0, "x": 0.01}
+        )
+        self.contributions.append(contributions)
+        return ModelScore(min(amount / 1000.0, 1.0), contributions)
+
+
+ENGINE_PACK: dict[str, Any] = {
+    "name": "engine-model",
+    "thresholds": {"transaction": {"challenge": 0.5, "review": 0.7, "block": 0.9}},
+    "fusion": {"rules": 1.0, "model": 3.0},
+    "rules": [
+        {
+            "id": "BIG",
+            "description": "big amount",
+            "events": ["transaction"],
+            "when": "data.amount > 5000",
+            "score": 0.5,
+            "reason": "BIG_AMOUNT",
+        }
+    ],
+}
+
+
+def test_engine_asks_the_model_only_about_the_types_it_scores() -> None:
+    model = StubModel()
+    engine = Engine(load_ruleset(ENGINE_PACK), model)
+    assert engine.scores("transaction")
+    assert not engine.scores("login")
+    login = engine.decide("l1", "login", {"type": "login", "data.user_id": "u"})
+    assert model.seen == []  # never called: the fast path, and no model took part
+    assert login.model_version is None
+    assert login.model_score is None
+    assert login.explanation == "Allowed: no risk signals."
+    env = {"type": "transaction", "data.amount": 40.0}
+    quiet = engine.decide("t1", "transaction", env)
+    assert model.seen[-1] is env  # the environment itself, not a copy per event
+    assert quiet.model_version == model.version
+    assert quiet.model_score == pytest.approx(0.04)
+    assert quiet.outcome.label == "allow"
+    everything = StubModel(event_types=None)  # declares nothing: asked about every type
+    assert (
+        Engine(load_ruleset(ENGINE_PACK), everything)
+        .decide("l2", "login", {"type": "login"})
+        .model_version
+        == everything.version
+    )
+    assert len(everything.seen) == 1
+
+
+def test_engine_reads_model_contributions_only_for_non_allow_outcomes() -> None:
+    model = StubModel()
+    engine = Engine(load_ruleset(ENGINE_PACK), model)
+    allowed = engine.decide("t1", "transaction", {"type": "transaction", "data.amount": 200.0})
+    assert allowed.outcome.label == "allow"
+    assert model.contributions[-1].reads == 0  # never computed
+    reason = next(r for r in allowed.reasons if r.source == "model")
+    assert reason.factors is None
+    assert "factors" not in reason.to_dict()
+    assert reason.message == "model risk score 0.2"
+
+    held = engine.decide("t2", "transaction", {"type": "transaction", "data.amount": 950.0})
+    assert held.outcome.label in {"review", "block"}
+    assert model.contributions[-1].reads > 0
+    reason = next(r for r in held.reasons if r.source == "model")
+    assert reason.value == pytest.approx(0.95)
+    assert reason.factors == pytest.approx({"amount": 0.85, "hour": -0.05, "x": 0.01})
+    assert list(reason.factors or {}) == ["amount", "hour", "x"]  # by magnitude, zeros left out
+    assert reason.message == "model risk score 0.95 (driven by amount, x)"
+    assert reason.to_dict()["factors"] == {"amount": 0.85, "hour": -0.05, "x": 0.01}
+    assert held.model_score == pytest.approx(0.95)
+    assert reason.contribution == pytest.approx(held.score)
+    assert "model risk score 0.95 (driven by amount, x)" in held.explanation
+
+
+def test_engine_treats_a_model_that_abstains_as_absent() -> None:
+    model = StubModel()
+    engine = Engine(load_ruleset(ENGINE_PACK), model)
+    quiet = engine.decide("t1", "transaction", {"type": "transaction"})  # no amount: NaN
+    assert quiet.model_score is None
+    assert quiet.reasons == ()
+    assert quiet.explanation == "Allowed: no risk signals."
+    assert quiet.model_version == model.version  # asked, and it abstained
+    big = engine.decide("t2", "transaction", {"type": "transaction", "data.amount": 9000.0})
+    without = Engine(load_ruleset(ENGINE_PACK)).decide(
+        "t2", "transaction", {"type": "transaction", "data.amount": 9000.0}
+    )
+    assert big.score > without.score  # the model adds evidence to the rule's
+    assert [r.source for r in big.reasons] == ["model", "rule"]

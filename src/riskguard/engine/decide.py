@@ -4,6 +4,10 @@
 state store (one call), then ``Engine.decide`` evaluates the rules indexed for the event's type,
 fuses the fired rules and the model into one score, classifies it, applies hard outcomes and
 writes the explanation. Shadow rules are evaluated and reported but never change the outcome.
+
+The model, when one is active, is asked only about the event types it scores (``event_types``,
+see ``engine.models``), reads the environment itself, and its per-input contributions are read
+(and so, for lazy models, computed) only when the outcome is not ``allow``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from riskguard.engine.events import EVENT_TYPES
 from riskguard.engine.features import Env, FeatureOp
 from riskguard.engine.fusion import fuse
 from riskguard.engine.models import Model
@@ -25,6 +30,8 @@ _PHRASES = {
     Outcome.BLOCK: "Blocked",
 }
 MAX_EXPLAINED = 3
+MAX_FACTORS = 5  # a model reason lists its strongest inputs' contributions, by magnitude
+MAX_DRIVERS = 3  # and names the strongest positive ones in its message
 _NOTHING_TO_REPORT = "Allowed: no risk signals."
 
 
@@ -41,6 +48,9 @@ class Reason:
     contribution: float = 0.0
     rule_id: str | None = None
     outcome: Outcome | None = None  # a hard outcome this reason imposed
+    # A model reason's strongest inputs and their signed contributions to the model's score
+    # (score units; they add up, with the other inputs', to score - the model's base score).
+    factors: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -54,6 +64,8 @@ class Reason:
             out["rule_id"] = self.rule_id
         if self.outcome is not None:
             out["outcome"] = self.outcome.label
+        if self.factors is not None:
+            out["factors"] = {name: round(v, 4) for name, v in self.factors.items()}
         return out
 
 
@@ -69,8 +81,9 @@ class Decision:
     shadow_reasons: tuple[Reason, ...]
     explanation: str
     ruleset_version: str
-    model_version: str | None
+    model_version: str | None  # the model that was asked (None: no model took part)
     env: Mapping[str, Any]  # the fields and feature values the decision was made on
+    model_score: float | None = None  # the model's own score, when it gave one
 
     def feature_snapshot(self) -> dict[str, Any]:
         """Every feature value the decision saw, by ``features.<name>.<output>`` path."""
@@ -94,11 +107,21 @@ class Decision:
 class Engine:
     """A ruleset and an optional model, ready to plan and decide; immutable once built."""
 
-    __slots__ = ("model", "ruleset")
+    __slots__ = ("_model_for", "model", "ruleset")
 
     def __init__(self, ruleset: Ruleset, model: Model | None = None) -> None:
         self.ruleset = ruleset
         self.model = model
+        # The model by event type, for the types it scores only (one dict lookup per event).
+        self._model_for: dict[str, Model] = {}
+        if model is not None:
+            scored = getattr(model, "event_types", None)
+            types = EVENT_TYPES if scored is None else tuple(scored)
+            self._model_for = dict.fromkeys(types, model)
+
+    def scores(self, event_type: str) -> bool:
+        """Whether the model (if any) is asked about events of this type."""
+        return event_type in self._model_for
 
     def plan(self, event_type: str, fields: Mapping[str, Any]) -> list[FeatureOp]:
         """The feature-state operations this event needs."""
@@ -114,8 +137,17 @@ class Engine:
             if shadow_rules
             else ()
         )
-        model = self.model
-        if not fired and model is None:
+        model = self._model_for.get(event_type)
+        model_score = None
+        model_contributions: Mapping[str, float] | None = None
+        if model is not None:
+            result = model.score(env)
+            score = result.score
+            # A model that cannot say (NaN) is treated as absent, never as "no risk".
+            if score == score:
+                model_score = min(max(score, 0.0), 1.0)
+                model_contributions = result.contributions
+        if not fired and model_score is None:
             # The common case — nothing to report — costs one rule pass and one object.
             return Decision(
                 event_id,
@@ -126,18 +158,9 @@ class Engine:
                 shadow,
                 _NOTHING_TO_REPORT,
                 ruleset.version,
-                None,
+                None if model is None else model.version,
                 env,
             )
-
-        model_score = None
-        model_contributions: Mapping[str, float] = {}
-        if model is not None:
-            result = model.score({path: env.get(path) for path in model.features})
-            # A model that cannot say (NaN) is treated as absent, never as "no risk".
-            if result.score == result.score:
-                model_score = min(max(result.score, 0.0), 1.0)
-                model_contributions = result.contributions
 
         weighted = [r for r in fired if r.weight > 0.0]
         fused = fuse([r.weight for r in weighted], model_score, ruleset.fusion)
@@ -149,10 +172,10 @@ class Engine:
             if rule.outcome is not None and rule.outcome > outcome:
                 outcome = rule.outcome
             reasons.append(_reason(rule, env, contributions.get(rule.id, 0.0)))
-        if model_score is not None and model is not None:
-            reasons.append(
-                _model_reason(model_score, fused.model_contribution, model_contributions)
-            )
+        if model_score is not None:
+            # Explaining the model costs more than scoring; an allowed event needs no breakdown.
+            factors = model_contributions if outcome is not Outcome.ALLOW else None
+            reasons.append(_model_reason(model_score, fused.model_contribution, factors))
         reasons.sort(key=lambda r: (-(r.outcome or 0), -r.contribution))
 
         return Decision(
@@ -164,8 +187,9 @@ class Engine:
             shadow_reasons=shadow,
             explanation=explain(outcome, fused.score, reasons),
             ruleset_version=ruleset.version,
-            model_version=model.version if model is not None else None,
+            model_version=None if model is None else model.version,
             env=env,
+            model_score=model_score,
         )
 
 
@@ -184,13 +208,27 @@ def _reason(rule: CompiledRule, env: Mapping[str, Any], contribution: float) -> 
     )
 
 
-def _model_reason(score: float, contribution: float, factors: Mapping[str, float]) -> Reason:
-    top = sorted(factors.items(), key=lambda kv: -kv[1])[:3]
-    named = ", ".join(name.replace("features.", "").replace("_", " ") for name, v in top if v > 0)
+def _model_reason(score: float, contribution: float, factors: Mapping[str, float] | None) -> Reason:
+    top: dict[str, float] | None = None
+    named = ""
+    if factors:
+        ranked = sorted(factors.items(), key=lambda kv: -abs(kv[1]))
+        top = {name: float(v) for name, v in ranked[:MAX_FACTORS] if v != 0.0} or None
+        drivers = sorted((kv for kv in ranked if kv[1] > 0.0), key=lambda kv: -kv[1])
+        named = ", ".join(_input_name(name) for name, _ in drivers[:MAX_DRIVERS])
     message = f"model risk score {format_value(score)}" + (f" (driven by {named})" if named else "")
     return Reason(
-        code="MODEL_SCORE", source="model", message=message, value=score, contribution=contribution
+        code="MODEL_SCORE",
+        source="model",
+        message=message,
+        value=score,
+        contribution=contribution,
+        factors=top,
     )
+
+
+def _input_name(name: str) -> str:
+    return name.replace("features.", "").replace("_", " ")
 
 
 def explain(outcome: Outcome, score: float, reasons: list[Reason]) -> str:

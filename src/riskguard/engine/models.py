@@ -1,7 +1,14 @@
 """The model slot of the pipeline: one protocol every model kind serves through.
 
-Training and artifacts come later; the engine only needs a score in [0, 1] and per-feature
-contributions. With no model active the engine decides on rules alone (fusion renormalises).
+The engine only needs a score in [0, 1] and per-feature contributions (trained and served
+models: ``riskguard.adapters.ml``). With no model active the engine decides on rules alone
+(fusion renormalises).
+
+``score`` gets the decision's whole environment (event fields and feature values by path), not a
+copy: it must not change it. A model may also declare ``event_types`` (a collection of event type
+names): the engine then never calls it for other types, which keep the engine's fast path and
+record no model version. A model without it is asked about every event and answers NaN for
+events it cannot score.
 """
 
 from __future__ import annotations
@@ -29,5 +36,6 @@ class Model(Protocol):
     def features(self) -> tuple[str, ...]: ...
 
     def score(self, features: Mapping[str, Any]) -> ModelScore:
-        """Score one event from its feature values (missing ones are absent or None)."""
+        """Score one event from its environment (missing values are absent or None); read
+        only. The contributions may be computed lazily, when the mapping is first read."""
         ...

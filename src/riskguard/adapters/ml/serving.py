@@ -111,6 +111,11 @@ class ServedModel:
         return self._features
 
     @property
+    def event_types(self) -> frozenset[str]:
+        """The event types the model was trained for; the engine asks it about no others."""
+        return self._event_types
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         return self._names
 
