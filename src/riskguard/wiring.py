@@ -3,7 +3,8 @@
 Embedded default (no ``RISKGUARD_DATABASE_URL`` / ``RISKGUARD_REDIS_URL``): SQLite in WAL mode
 and in-process feature state. With ``RISKGUARD_REDIS_URL``, feature state and idempotency claims
 live in Redis, shared by every replica; with a PostgreSQL ``RISKGUARD_DATABASE_URL``, records
-do.
+do. Each tenant's active model comes from the registry in ``RISKGUARD_MODEL_DIR``, polled with
+the rulesets.
 """
 
 from __future__ import annotations
@@ -119,15 +120,49 @@ class Container:
         self.metrics = Metrics()
         self.store = store if store is not None else build_store(settings)
         self.state = state if state is not None else build_state(settings)
-        self.engines = EngineCache(self.store)
+        self._build_models()
+        self.engines = EngineCache(self.store, models=self.models)
         self.engines.on_swap = lambda _t, _v: self.metrics.ruleset_swaps.inc()
         self.rules = RulesService(self.store, self.engines)
         self.keys = KeyVerifier(self.store, settings.secret)
         self.decisions = DecisionService(
             settings, self.store, self.state, self.engines, self.metrics
         )
+        self.decisions.observe_model = self.models.observe
+        from riskguard.adapters.ml.feedback import LabelFeedback
+
+        self.label_feedback = LabelFeedback(self.store, self.engines, self.state)
         self._poller: asyncio.Task[None] | None = None
         self._build_after_decision()
+
+    def _build_models(self) -> None:
+        """Each tenant's active model (registry ``RISKGUARD_MODEL_DIR``), with its PSI
+        monitor and load-failure metrics on the service's Prometheus registry."""
+        from riskguard.adapters.ml.live import TenantModels
+
+        self.models = TenantModels(self.settings.model_dir)
+        self.models.register(self.metrics.registry)
+
+    async def model_changed(self, actor: str, record: Any) -> None:
+        """After a model activation or rollback (``registry.Activation``) made through this
+        process: record it in the audit log (when on; a failed append is logged, the change
+        stands) and serve the new version here now (other processes pick it up by polling)."""
+        if self.audit is not None:
+            from riskguard.adapters.ml.registry import audit_entry
+
+            entry = audit_entry(record)
+            try:
+                await self.audit.append_one(actor=actor, **entry)
+            except Exception as exc:
+                structlog.get_logger("riskguard.models").error(
+                    "audit_append_failed", action=entry["action"], error_type=type(exc).__name__
+                )
+        try:
+            await self.engines.refresh()
+        except Exception as exc:  # the poller retries
+            structlog.get_logger("riskguard.models").warning(
+                "model_refresh_deferred", error_type=type(exc).__name__
+            )
 
     def _build_after_decision(self) -> None:
         """Alerts, webhooks and the outbox dispatcher, on the decision store's engine."""

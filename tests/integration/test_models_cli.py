@@ -50,6 +50,7 @@ PROBLEM = "application/problem+json"
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
+    env["RISKGUARD_AUDIT"] = "false"  # activate/rollback would append to ./riskguard.db's log
     return subprocess.run(
         [sys.executable, "-m", "riskguard", "model", *args],
         capture_output=True,
@@ -70,7 +71,7 @@ class Done:
 def invoke(*args: str) -> Done:
     """The same command in this process (Click's runner): exit code, stdout and stderr as a
     user sees them, without a new interpreter loading the libraries again."""
-    result = CliRunner().invoke(model_app, list(args))
+    result = CliRunner().invoke(model_app, list(args), env={"RISKGUARD_AUDIT": "false"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Done(result.exit_code, result.stdout, result.stderr)

@@ -10,7 +10,10 @@ The unit of work of ``POST /v1/decisions``:
    arriving at the same moment in this process wait for the first one's answer; in other
    processes they wait for its record to appear in the database.
 3. The pure engine decides.
-4. The decision is stored durably (group commit) before the answer is sent.
+4. The decision is stored durably (group commit) before the answer is sent. It records the
+   ruleset version and the version of the model that was asked (None for event types the
+   tenant's active model does not score, with no model active, and for degraded decisions);
+   a model's score is then passed to ``observe_model`` (the PSI monitors).
 
 **Latency budget and degraded mode.** The state-store call runs under the event type's budget.
 If the store is down, refuses, or exceeds the budget, the event is decided by the declared
@@ -29,7 +32,7 @@ import contextlib
 import hashlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -132,6 +135,8 @@ class DecisionService:
         self._inflight: dict[tuple[str, str], asyncio.Future[DecisionResult]] = {}
         self.state_healthy = True
         self.db_healthy = True
+        # (model version, environment, model score) of each recorded decision a model scored
+        self.observe_model: Callable[[str, Mapping[str, Any], float], None] | None = None
 
     async def decide(self, tenant_id: str, raw: dict[str, Any], received: float) -> DecisionResult:
         """Decide on one decoded request body (see the module docstring)."""
@@ -256,6 +261,7 @@ class DecisionService:
             record.reasons = [r.to_dict() for r in fallback.reasons]
             record.shadow_reasons = []
             record.explanation = fallback.explanation
+            record.model_version = None
             record.degraded = True
             return DecisionResult(record, replayed=False, recorded=False)
         if not inserted:
@@ -264,6 +270,9 @@ class DecisionService:
             return await self._replay(tenant_id, event.event_id, digest, None)
         if self._metrics is not None:
             self._metrics.observe_decision(record, decision)
+        model_score, model_version = decision.model_score, decision.model_version
+        if model_score is not None and model_version is not None and self.observe_model:
+            self.observe_model(model_version, env, model_score)
         return DecisionResult(record, replayed=False)
 
     async def _replay(

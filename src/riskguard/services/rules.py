@@ -10,19 +10,24 @@ process and shared by tenants with identical packs.
 Every write validates the whole resulting pack (a rule that does not compile against the pack's
 features is refused with its issues) and is applied with optimistic concurrency on the draft's
 revision, retried when two edits race.
+
+The same poller picks up each tenant's active *model* (when a model source is wired: the
+registry of ``RISKGUARD_MODEL_DIR``, see ``adapters.ml.live``): loading runs in a worker
+thread, and a tenant's engine is rebuilt as ``Engine(ruleset, model)`` when either changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from riskguard.engine.decide import Engine
+from riskguard.engine.models import Model
 from riskguard.engine.rules import (
     PackIssue,
     RulePackError,
@@ -76,15 +81,29 @@ def rule_document(rule: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class EngineCache:
-    """The compiled engine of every tenant's active version, refreshed by polling the store."""
+class ModelSource(Protocol):
+    """Each tenant's active model (``adapters.ml.live.TenantModels``)."""
 
-    def __init__(self, store: DecisionStore, *, max_versions: int = 64) -> None:
+    def refresh(self, tenant_ids: Iterable[str]) -> Mapping[str, Model | None]:
+        """Check for changes and load them (blocking: the cache runs it in a thread); the
+        model each tenant is to be served now. Never raises for one tenant's bad model."""
+        ...
+
+
+class EngineCache:
+    """The compiled engine of every tenant's active version (and active model, when a model
+    source is given), refreshed by polling the store and the model registry."""
+
+    def __init__(
+        self, store: DecisionStore, *, max_versions: int = 64, models: ModelSource | None = None
+    ) -> None:
         self._store = store
         self._active: dict[str, Engine] = {}
         self._compiled: dict[str, Engine] = {}  # version -> engine (same pack, same engine)
         self._max_versions = max_versions
         self._lock = asyncio.Lock()
+        self._models = models
+        self._model_of: dict[str, Model | None] = {}  # tenant -> model, from the last poll
         self.on_swap: Callable[[str, str], None] | None = None
 
     def get(self, tenant_id: str) -> Engine | None:
@@ -119,21 +138,39 @@ class EngineCache:
         return engine
 
     def activate(self, tenant_id: str, engine: Engine) -> None:
+        """Serve ``engine``'s ruleset to the tenant, with the tenant's current model."""
+        model = self._model_of.get(tenant_id)
+        if engine.model is not model:
+            engine = Engine(engine.ruleset, model)
         previous = self._active.get(tenant_id)
         self._active[tenant_id] = engine
         if previous is None or previous.ruleset.version != engine.ruleset.version:
             log.info("ruleset_active", tenant=tenant_id, version=engine.ruleset.version)
             if self.on_swap is not None:
                 self.on_swap(tenant_id, engine.ruleset.version)
+        if model is not None and (previous is None or previous.model is not model):
+            _warn_unfed_inputs(tenant_id, engine.ruleset, model)
 
     async def refresh(self) -> int:
-        """Load every tenant's active version that changed; returns how many swapped."""
+        """Load every tenant's active version (and model) that changed; returns how many
+        engines were swapped."""
         async with self._lock:
             active = await self._store.active_versions()
+            if self._models is not None:
+                try:
+                    models = await asyncio.to_thread(self._models.refresh, list(active))
+                except Exception as exc:  # keep the models we have
+                    log.error("model_poll_failed", error_type=type(exc).__name__)
+                else:
+                    self._model_of = dict(models)
             swapped = 0
             for tenant_id, version in active.items():
                 current = self._active.get(tenant_id)
                 if current is not None and current.ruleset.version == version:
+                    if current.model is self._model_of.get(tenant_id):
+                        continue
+                    self.activate(tenant_id, current)  # the same ruleset, another model
+                    swapped += 1
                     continue
                 try:
                     engine = await self.compile(tenant_id, version)
@@ -154,6 +191,22 @@ class EngineCache:
                 await self.refresh()
             except Exception as exc:  # the database may be down: keep the engines we have
                 log.warning("ruleset_poll_failed", error=type(exc).__name__)
+
+
+def _warn_unfed_inputs(tenant_id: str, ruleset: Ruleset, model: Model) -> None:
+    """Log the feature paths a model reads that the tenant's pack does not compute (the model
+    reads them as missing: it was trained on another pack)."""
+    known = ruleset.features.schema()
+    missing = sorted(p for p in model.features if p.startswith("features.") and p not in known)
+    if missing:
+        log.warning(
+            "model_inputs_not_computed",
+            tenant=tenant_id,
+            model_version=model.version,
+            ruleset_version=ruleset.version,
+            missing=missing[:10],
+            count=len(missing),
+        )
 
 
 class RulesService:

@@ -7,6 +7,12 @@ use cases' own errors are mapped here, each to a problem response.
 
 Roles: ``read`` and ``analyst`` keys read; ``analyst`` keys change alerts, add notes and write
 labels; ``admin`` keys may do anything. ``ingest`` keys (machines posting events) do neither.
+
+An event's first label (from any source) is also fed into the tenant's feature state, when the
+application is wired with a label feedback (``container.label_feedback``: features with
+``when: type == "label"`` learn from it, see ``adapters.ml.feedback``). Later labels of the same
+event are stored but not fed again (a window cannot take an event back); a state store that
+is down leaves the label stored and the state without it (logged).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
+import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -49,6 +56,7 @@ _EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 
 SeverityName = Literal["low", "medium", "high", "critical"]
+log = structlog.get_logger("riskguard.labels")
 
 
 def _in_range(value: datetime) -> datetime:
@@ -239,6 +247,16 @@ def _problem(request: Request, exc: Exception) -> Response:
     return problem_response(422, "the request is not valid", errors=errors, request_id=rid)
 
 
+async def _feed(feedback: Any, label: Label) -> None:
+    """Fold an event's first label into feature state; the label stands if this fails."""
+    try:
+        await feedback(
+            label.tenant_id, label.event_id, fraud=label.label == "fraud", at=label.labelled_at
+        )
+    except Exception as exc:
+        log.warning("label_feedback_failed", event_id=label.event_id, error_type=type(exc).__name__)
+
+
 # -- routes ------------------------------------------------------------------------------------
 
 
@@ -387,8 +405,14 @@ def alerts_router(service: AlertService) -> APIRouter:
             **responses(422, 503),
         },
     )
-    async def post_label(caller: Caller, body: LabelIn) -> Any:
+    async def post_label(request: Request, caller: Caller, body: LabelIn) -> Any:
         _require(caller, ANALYST)
+        feedback = getattr(getattr(request.app.state, "container", None), "label_feedback", None)
+        earlier: list[Label] = []
+        if feedback is not None:
+            earlier, _ = await service.list_labels(
+                tenant_id=caller.tenant_id, query=LabelQuery(event_id=body.event_id, limit=1)
+            )
         stored, created = await service.put_label(
             tenant_id=caller.tenant_id,
             event_id=body.event_id,
@@ -397,6 +421,8 @@ def alerts_router(service: AlertService) -> APIRouter:
             author=caller.key_id,
             labelled_at=body.labelled_at,
         )
+        if feedback is not None and created and not earlier:
+            await _feed(feedback, stored)
         out = _label_out(stored)
         if created:
             return out

@@ -6,9 +6,15 @@ handlers answer authentication (401) and role (403) failures. Activation is scop
 caller's tenant: a tenant's scope follows the deployment-wide ``default`` scope until one of its
 admins activates a version, and never affects another tenant. Every activation is verified
 (hashes, and that the model builds) before it takes effect, and recorded in the registry's
-activation log with the key id that made it.
+activation log with the key id that made it, and in the audit log (``model.activated``,
+``model.rolled_back``, actor the key id) when it is on. The process that takes the request
+serves the new version at once; the others pick it up at their next poll.
 
-Roles: ``read`` keys (and admin) list; ``admin`` keys activate.
+``GET /v1/models`` also says which version this process serves the tenant (``serving``) and,
+when the active version cannot be loaded (altered on disk, say), which one and why
+(``serving_problem``): the tenant keeps being decided with the model it had, or none.
+
+Roles: ``read`` keys (and admin) list; ``admin`` keys activate and roll back.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from riskguard.adapters.ml.artifact import (
 )
 from riskguard.adapters.ml.registry import (
     DEFAULT_SCOPE,
+    Activation,
     ModelRegistry,
+    NothingToRollBackError,
     RegistryError,
     UnknownVersionError,
 )
@@ -62,6 +70,13 @@ class ModelList(BaseModel):
     active_scope: Literal["tenant", "default"] | None = Field(
         description="Whether the tenant chose it or follows the deployment-wide default"
     )
+    serving: str | None = Field(
+        default=None, description="The version this service process decides the tenant with"
+    )
+    serving_problem: str | None = Field(
+        default=None,
+        description="Why the active version is not served (it fails to load), if it is not",
+    )
 
 
 class ActivationOut(BaseModel):
@@ -70,6 +85,7 @@ class ActivationOut(BaseModel):
     previous: str | None = Field(description="The tenant's own previous version, if any")
     activated_at: str
     actor: str = Field(description="Key id of the admin who activated it")
+    action: Literal["activate", "rollback"] = "activate"
 
 
 def _rid(request: Request) -> str | None:
@@ -131,11 +147,19 @@ def models_router(model_dir: str | Path) -> APIRouter:
     async def list_models(request: Request, caller: Caller) -> ModelList | Response:
         caller.require("read")
         try:
-            return await asyncio.to_thread(_listing, registry, caller.tenant_id)
+            listing = await asyncio.to_thread(_listing, registry, caller.tenant_id)
         except (RegistryError, OSError):
             return problem_response(
                 503, "the model registry cannot be read", request_id=_rid(request)
             )
+        models = getattr(_container(request), "models", None)
+        if models is not None:
+            status = models.status(caller.tenant_id)
+            listing.serving = status.serving
+            if status.problem is not None:
+                failed = status.failed or "the active version"
+                listing.serving_problem = f"{failed} cannot be loaded: {status.problem}"
+        return listing
 
     @router.post(
         "/v1/models/{version}/activate",
@@ -169,12 +193,60 @@ def models_router(model_dir: str | Path) -> APIRouter:
             )
         except (RegistryError, OSError):
             return problem_response(503, "the model registry cannot be written", request_id=rid)
-        return ActivationOut(
-            version=record.version,
-            scope=record.scope,
-            previous=record.previous,
-            activated_at=record.at,
-            actor=record.actor,
-        )
+        return await _changed(request, caller.key_id, record)
+
+    @router.post(
+        "/v1/models/rollback",
+        tags=["models"],
+        summary="Return this tenant to the model version active before the current one",
+        response_model=ActivationOut,
+        responses={**auth, **responses(409, 422, 503)},
+    )
+    async def rollback(request: Request, caller: Caller) -> ActivationOut | Response:
+        caller.require("admin")
+        rid = _rid(request)
+        try:
+            record = await asyncio.to_thread(
+                registry.rollback, scope=caller.tenant_id, actor=caller.key_id
+            )
+        except ArtifactError:
+            return problem_response(
+                422,
+                "the earlier version fails verification; it was not activated",
+                errors=[{"field": "version", "message": "the artifact fails verification"}],
+                request_id=rid,
+            )
+        except UnknownVersionError:
+            return problem_response(
+                409, "the earlier version is no longer in the registry", request_id=rid
+            )
+        except NothingToRollBackError:
+            return problem_response(
+                409,
+                "this tenant has no earlier model version of its own to roll back to",
+                request_id=rid,
+            )
+        except (RegistryError, OSError):
+            return problem_response(503, "the model registry cannot be written", request_id=rid)
+        return await _changed(request, caller.key_id, record)
 
     return router
+
+
+def _container(request: Request) -> Any:
+    return getattr(request.app.state, "container", None)
+
+
+async def _changed(request: Request, actor: str, record: Activation) -> ActivationOut:
+    """Audit the change and serve it in this process (when the application is wired)."""
+    changed = getattr(_container(request), "model_changed", None)
+    if changed is not None:
+        await changed(actor, record)
+    return ActivationOut(
+        version=record.version,
+        scope=record.scope,
+        previous=record.previous,
+        activated_at=record.at,
+        actor=record.actor,
+        action="rollback" if record.action == "rollback" else "activate",
+    )

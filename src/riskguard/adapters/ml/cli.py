@@ -8,6 +8,7 @@ matplotlib) are imported inside the commands, so ``riskguard`` itself starts fas
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -401,14 +402,14 @@ def activate(
     tenant: TenantOption = None,
     actor: Annotated[str, typer.Option(help="Who activates (recorded in the log).")] = "cli",
 ) -> None:
-    """Make a version the active model (verified first; atomic; recorded)."""
+    """Make a version the active model (verified first; atomic; recorded, and appended to the
+    audit log when RISKGUARD_AUDIT is on)."""
     from riskguard.adapters.ml.registry import DEFAULT_SCOPE, ModelRegistry, default_model_dir
 
     registry = ModelRegistry(directory or default_model_dir())
-    try:
-        record = registry.activate(version, scope=tenant or DEFAULT_SCOPE, actor=actor)
-    except _errors() as exc:
-        raise _fail(_message(exc)) from None
+    record = _audited(
+        lambda: registry.activate(version, scope=tenant or DEFAULT_SCOPE, actor=actor), actor
+    )
     previous = record.previous or "none"
     typer.echo(f"activated {record.version} for scope {record.scope} (previous: {previous})")
 
@@ -419,12 +420,81 @@ def rollback(
     tenant: TenantOption = None,
     actor: Annotated[str, typer.Option(help="Who rolls back (recorded in the log).")] = "cli",
 ) -> None:
-    """Return to the version that was active before the current one."""
+    """Return to the version that was active before the current one (appended to the audit
+    log when RISKGUARD_AUDIT is on)."""
     from riskguard.adapters.ml.registry import DEFAULT_SCOPE, ModelRegistry, default_model_dir
 
     registry = ModelRegistry(directory or default_model_dir())
-    try:
-        record = registry.rollback(scope=tenant or DEFAULT_SCOPE, actor=actor)
-    except _errors() as exc:
-        raise _fail(_message(exc)) from None
+    record = _audited(lambda: registry.rollback(scope=tenant or DEFAULT_SCOPE, actor=actor), actor)
     typer.echo(f"rolled back scope {record.scope} to {record.version} (was {record.previous})")
+
+
+def _audited(change: Callable[[], Any], operator: str) -> Any:
+    """Run a registry change (an ``Activation`` back) and append it to the service's audit log
+    (``RISKGUARD_*`` settings, as ``riskguard serve`` reads them; actor ``cli``, the
+    ``--actor`` name in the body). The log is opened and read first: when it is on but cannot
+    be used, nothing is changed. A change made whose record then fails exits 2 saying so."""
+    import asyncio
+
+    from riskguard.adapters.ml.registry import audit_entry
+    from riskguard.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+    if not settings.audit:
+        try:
+            return change()
+        except _errors() as exc:
+            raise _fail(_message(exc)) from None
+
+    async def work() -> tuple[Any, Exception | None]:
+        from riskguard.adapters.audit.keys import AuditKeyError
+        from riskguard.wiring import build_audit
+
+        try:
+            if settings.auto_migrate:
+                from riskguard.adapters.sql.migrate import upgrade
+
+                await asyncio.to_thread(upgrade, settings.database_url)
+            audit = build_audit(settings)
+        except AuditKeyError as exc:
+            raise _fail(f"audit log: {exc}; nothing was changed") from None
+        except Exception as exc:
+            raise _fail(
+                f"the audit log is unavailable ({type(exc).__name__}); nothing was changed"
+            ) from None
+        try:
+            try:
+                await audit.start()
+                await audit.latest_checkpoint()  # the log answers before anything changes
+            except Exception as exc:
+                raise _fail(
+                    f"the audit log is unavailable ({type(exc).__name__}); nothing was changed"
+                ) from None
+            try:
+                record = await asyncio.to_thread(change)
+            except _errors() as exc:
+                raise _fail(_message(exc)) from None
+            entry = audit_entry(record)
+            if operator != "cli":
+                entry["body"]["operator"] = operator
+            try:
+                await audit.append_one(actor="cli", **entry)
+            except Exception as exc:
+                return record, exc
+            return record, None
+        finally:
+            await audit.close()
+
+    record, failed = asyncio.run(work())
+    if failed is not None:
+        what = "activated" if record.action == "activate" else "rolled back to"
+        typer.echo(
+            f"riskguard: {what} {record.version} for scope {record.scope}, but the audit log "
+            f"could not record it ({type(failed).__name__})",
+            err=True,
+        )
+        raise typer.Exit(EXIT_UNUSABLE)
+    return record

@@ -11,18 +11,24 @@ service from the event's kind, so no client can forge a label event. See
 ``packs/fdh.yaml``'s ``terminal_labels``.
 
 Nothing here changes the engine: :func:`apply_label` plans the label event like a transaction
-and applies only the opted-in operations to the same state store. The decision service can call
-it when ``POST /v1/labels`` records a label (with the labelled decision's stored event); the
-model trainer calls it while replaying history.
+and applies only the opted-in operations to the same state store; the model trainer calls it
+while replaying history. In the service, :class:`LabelFeedback` does the same on the shared
+state store when ``POST /v1/labels`` records an event's first label: the labelled decision's
+stored event, planned with the tenant's active pack, at the label's ``labelled_at``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 from riskguard.engine.features import FeatureOp, FeatureSet
 from riskguard.engine.state import StateStore
+
+if TYPE_CHECKING:
+    from riskguard.ports import DecisionStore, SharedStateStore
+    from riskguard.services.rules import EngineCache
 
 LABEL_TYPE: Final = "label"
 
@@ -55,3 +61,36 @@ def apply_label(
     if ops:
         env = dict(fields)
         store.apply(ops, ts, env, env)
+
+
+class LabelFeedback:
+    """Labels recorded by the service, folded into the tenant's shared feature state."""
+
+    def __init__(
+        self, decisions: DecisionStore, engines: EngineCache, state: SharedStateStore
+    ) -> None:
+        self._decisions = decisions
+        self._engines = engines
+        self._state = state
+
+    async def __call__(self, tenant_id: str, event_id: str, *, fraud: bool, at: datetime) -> int:
+        """Apply the label of one decided event at time ``at``; the number of feature
+        operations applied (0: no decision for the event, or no feature learns from labels).
+        Raises ``DependencyUnavailable`` when the state store is down."""
+        from riskguard.engine.events import InvalidEventError, parse_event
+
+        record = await self._decisions.get_by_event(tenant_id, event_id)
+        if record is None:
+            return 0
+        try:
+            event = parse_event(record.event)
+        except InvalidEventError:  # recorded under an older contract: nothing to learn from
+            return 0
+        ts = at.timestamp()
+        fields = label_fields(event.fields(), fraud=fraud, hour=int(ts // 3600) % 24)
+        engine = await self._engines.engine(tenant_id)
+        ops = label_ops(engine.ruleset.features, record.event_type, fields)
+        if ops:
+            env = dict(fields)
+            await self._state.apply(tenant_id, ops, ts, env, env, None)
+        return len(ops)

@@ -57,6 +57,15 @@ class UnknownVersionError(RegistryError):
     """No such version in the registry (404)."""
 
 
+class NothingToRollBackError(RegistryError):
+    """The scope has no earlier version of its own to return to."""
+
+
+def is_scope(name: str) -> bool:
+    """Whether ``name`` can be a registry scope (``default`` or a tenant id)."""
+    return _SCOPE.match(name) is not None
+
+
 def default_model_dir() -> Path:
     """``RISKGUARD_MODEL_DIR``, or ``./models``."""
     return Path(os.environ.get(MODEL_DIR_ENV) or "models")
@@ -211,7 +220,9 @@ class ModelRegistry:
                 else:
                     stack.append(record.version)
             if len(stack) < 2:
-                raise RegistryError(f"scope {scope!r} has no earlier version to roll back to")
+                raise NothingToRollBackError(
+                    f"scope {scope!r} has no earlier version to roll back to"
+                )
             return self._switch(stack[-2], scope=scope, actor=actor, action="rollback")
 
     def _switch(self, version: str, *, scope: str, actor: str, action: str) -> Activation:
@@ -256,7 +267,9 @@ class ActiveModel:
 
     ``current()`` is cheap between checks (no I/O); a check ``stat``s the pointer files and
     reloads only if one changed. A model that fails to load never replaces a working one: the
-    error is kept in ``last_error`` (and passed to ``on_error``) until a good one is activated.
+    error is kept in ``last_error`` (and passed to ``on_error``), the version that failed in
+    ``failed_version``, until the pointer names a version that loads (or the one still served).
+    ``load`` builds a version (default: ``ModelRegistry.model``, verified).
     """
 
     def __init__(
@@ -266,15 +279,23 @@ class ActiveModel:
         *,
         interval: float = 1.0,
         on_error: Callable[[Exception], None] | None = None,
+        load: Callable[[str], ServedModel] | None = None,
     ) -> None:
         self.registry = ModelRegistry(model_dir)
         self.scope = scope
         self.interval = interval
         self.on_error = on_error
         self.last_error: Exception | None = None
+        self.failed_version: str | None = None
+        self._load = load if load is not None else self.registry.model
         self._model: ServedModel | None = None
         self._stamp: object = object()  # never equal: the first check loads
         self._next = 0.0
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The model served now (no check)."""
+        return self._model
 
     def current(self) -> ServedModel | None:
         now = time.monotonic()
@@ -285,25 +306,52 @@ class ActiveModel:
 
     def refresh(self) -> bool:
         """Reload if the pointer changed; True when another model (or none) became current."""
-        stamp = (
-            self.registry.pointer_stamp(self.scope),
-            self.registry.pointer_stamp(DEFAULT_SCOPE),
-        )
+        try:
+            stamp = (
+                self.registry.pointer_stamp(self.scope),
+                self.registry.pointer_stamp(DEFAULT_SCOPE),
+            )
+        except (RegistryError, OSError) as exc:
+            self._failed(exc, None)
+            return False
         if stamp == self._stamp:
             return False
+        self._stamp = stamp  # a failure is retried when a pointer changes, not every interval
+        version: str | None = None
         try:
             version = self.registry.active(self.scope)
             if self._model is not None and self._model.version == version:
-                self._stamp = stamp
+                self.last_error = self.failed_version = None
                 return False
-            model = None if version is None else self.registry.model(version)
-        except (RegistryError, ArtifactError) as exc:
-            self._stamp = stamp  # retried when a pointer changes, not every interval
-            self.last_error = exc
-            if self.on_error is not None:
-                self.on_error(exc)
+            model = None if version is None else self._load(version)
+        except (RegistryError, ArtifactError, OSError) as exc:
+            self._failed(exc, version)
             return False
-        self._stamp = stamp
-        self.last_error = None
+        self.last_error = self.failed_version = None
         self._model = model
         return True
+
+    def _failed(self, exc: Exception, version: str | None) -> None:
+        repeated = self.last_error is not None and str(self.last_error) == str(exc)
+        self.last_error = exc
+        self.failed_version = version
+        if self.on_error is not None and not repeated:
+            self.on_error(exc)
+
+
+AUDIT_ACTIONS: Final = {"activate": "model.activated", "rollback": "model.rolled_back"}
+
+
+def audit_entry(record: Activation) -> dict[str, Any]:
+    """The audit log entry of an activation or rollback (``append_one`` keyword arguments but
+    the actor): the tenant of a tenant scope (None for ``default``), the action, the versions."""
+    return {
+        "action": AUDIT_ACTIONS[record.action],
+        "tenant_id": None if record.scope == DEFAULT_SCOPE else record.scope,
+        "body": {
+            "scope": record.scope,
+            "version": record.version,
+            "previous": record.previous,
+            "at": record.at,
+        },
+    }
