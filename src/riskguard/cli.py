@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -157,25 +158,57 @@ def rules_lint(
     )
 
 
+class Scene(StrEnum):
+    default = "default"
+    gateway = "gateway"
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="Events file to write (JSONL).")],
     days: Annotated[int, typer.Option(min=1, max=365)] = 7,
     users: Annotated[int, typer.Option(min=10, max=1_000_000)] = 1000,
     seed: Annotated[int, typer.Option()] = 1,
+    scene: Annotated[
+        Scene,
+        typer.Option(
+            help="default: payments, logins, sessions and service calls with sixteen attack "
+            "types; gateway: internal services behind the gateway, releases and lateral "
+            "movement (--users is not used; the gateway configuration is written beside)."
+        ),
+    ] = Scene.default,
+    services: Annotated[
+        int | None,
+        typer.Option(min=3, max=1000, help="Internal services (default: 12, or users/100)."),
+    ] = None,
 ) -> None:
     """Write a labelled synthetic stream: benign behaviour and attacks (labels beside it)."""
-    from riskguard.simulate import labels_path_for, write_jsonl
+    from riskguard.simulate import (
+        gateway_config_path_for,
+        labels_path_for,
+        simulate_gateway,
+        write_jsonl,
+    )
     from riskguard.simulate import simulate as generate
 
-    events, labels = generate(days=days, users=users, seed=seed)
     labels_path = labels_path_for(out)
+    config_path = None
+    if scene is Scene.gateway:
+        made = simulate_gateway(days=days, seed=seed, services=services or 12)
+        events, labels = made.events, made.labels
+        config_path = gateway_config_path_for(out)
+    else:
+        events, labels = generate(days=days, users=users, seed=seed, services=services)
     try:
         write_jsonl(out, events)
         write_jsonl(labels_path, labels)
+        if config_path is not None:
+            config_path.write_text(json.dumps(made.gateway_config(), indent=2) + "\n", "utf-8")
     except OSError as exc:
         raise _fail(f"cannot write {exc.filename}: {exc.strerror}") from None
     typer.echo(f"wrote {len(events)} events to {out} and {len(labels)} labels to {labels_path}")
+    if config_path is not None:
+        typer.echo(f"wrote the scene's gateway configuration to {config_path}")
 
 
 @app.command()

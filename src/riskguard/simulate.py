@@ -29,8 +29,12 @@ __all__ = [
     "DEFAULT_START",
     "SANCTIONED_COUNTRIES",
     "SENSITIVE_ROUTES",
+    "GatewayScene",
+    "SceneService",
+    "gateway_config_path_for",
     "labels_path_for",
     "simulate",
+    "simulate_gateway",
     "write_jsonl",
 ]
 
@@ -1461,6 +1465,493 @@ class _Attacks:
 
 
 # --------------------------------------------------------------------------------------------
+# The gateway scene
+# --------------------------------------------------------------------------------------------
+
+# Sensitive routes an attacker tries although no service declares them.
+_UNDECLARED_SENSITIVE: Final[tuple[tuple[str, str], ...]] = (
+    ("GET", "/admin/config"),
+    ("POST", "/admin/impersonate"),
+    ("GET", "/internal/dump"),
+    ("GET", "/v1/secrets"),
+)
+_ATTACK_TOOLS: Final[tuple[str, ...]] = ("curl/8.10.1", "python-requests/2.32.3", "kubectl/v1.31.2")
+_RELEASE_HOURS: Final = (9.0, 17.0)  # releases go out on weekdays between these CET hours
+_LONG_RUNNING: Final = DAY  # a compromised service has run its deployment at least this long
+
+
+@dataclass(slots=True)
+class _Release:
+    at: float  # seconds from start; -inf for the deployment running when the scene starts
+    deployment: str
+    ips: list[str]
+    agent: str
+    rollout: float  # seconds during which the previous deployment's instances still serve
+
+
+@dataclass(slots=True)
+class _SceneRoute:
+    target: str
+    method: str
+    template: str
+    rate: float  # calls per hour at peak load
+    bytes_median: float
+    bytes_sigma: float
+    uuid_ids: bool
+    since: float = 0.0
+    until: float = math.inf
+    release: int = 0  # the release that started calling it (0: called from the start)
+    ended_by: int = 0  # the release that stopped calling it (0: never stopped)
+
+
+@dataclass(slots=True)
+class _SceneService:
+    base: _Service
+    index: int
+    lib: str
+    version: list[int]
+    declared: list[tuple[str, str]]
+    releases: list[_Release]
+    routes: list[_SceneRoute] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # "METHOD target path" added by releases
+
+    @property
+    def service_id(self) -> str:
+        return self.base.service_id
+
+    def release_index(self, t: float) -> int:
+        """The release serving at ``t`` (the latest one at or before it)."""
+        return bisect.bisect_right([r.at for r in self.releases], t) - 1
+
+    def called_before(self, t: float) -> list[tuple[str, str, str]]:
+        return [(r.target, r.method, r.template) for r in self.routes if r.since <= t]
+
+
+@dataclass(frozen=True, slots=True)
+class SceneService:
+    """One internal service of the gateway scene, as it stands at the end of the scene."""
+
+    service_id: str
+    declared: tuple[str, ...]  # the routes it serves: "METHOD /template"
+    calls: tuple[tuple[str, str, str], ...]  # the routes it calls: (target, method, template)
+    deployment: str  # its deployment id (the token claim)
+    deployed_at: datetime | None  # its latest release; None: running since the scene started
+    ips: tuple[str, ...]  # its instances
+    user_agent: str
+    office_hours: bool  # calls only during office hours (07:00-20:00 CET)
+    releases: int  # releases during the scene
+    added_routes: tuple[str, ...]  # routes its releases started calling: "METHOD target path"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayScene:
+    """Internal services calling each other through the gateway, with labelled lateral movement.
+
+    ``events`` are v1 ``api_call`` events in time order whose ``data.path`` is the concrete path
+    at the target (ids filled in, as the gateway sees it) and ``context.device_id`` the caller's
+    deployment id (its token's ``deployment`` claim); ``labels`` as for :func:`simulate`.
+    """
+
+    events: list[Row]
+    labels: list[Row]
+    services: tuple[SceneService, ...]
+    start: datetime
+    days: int
+
+    def gateway_config(self, urls: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A ``riskguard gateway`` configuration for the scene: one upstream per service (its
+        declared routes), reached under ``/<service id>/`` with the prefix stripped. ``urls``
+        maps service ids to upstream URLs (default ``http://<service id>.internal:8080``)."""
+        urls = urls or {}
+        upstreams = {
+            s.service_id: {
+                "url": urls.get(s.service_id, f"http://{s.service_id}.internal:8080"),
+                "routes": list(s.declared),
+            }
+            for s in self.services
+        }
+        routes = [
+            {"prefix": f"/{s.service_id}", "upstream": s.service_id, "strip_prefix": True}
+            for s in self.services
+        ]
+        return {
+            "listen": {"host": "127.0.0.1", "port": 8080},
+            "upstreams": upstreams,
+            "routes": routes,
+            "risk": {"tenant": "gateway"},
+        }
+
+
+def _concrete(rng: random.Random, template: str, uuid_ids: bool) -> str:
+    """``template`` with each ``{id}`` filled in: a number, or a UUID for routes that use them."""
+    if "{" not in template:
+        return template
+    parts = []
+    for segment in template.split("/"):
+        if segment.startswith("{"):
+            if uuid_ids:
+                h = f"{rng.getrandbits(128):032x}"
+                segment = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
+            else:
+                segment = str(rng.randint(1_000, 99_999_999))
+        parts.append(segment)
+    return "/".join(parts)
+
+
+def _v2(path: str) -> str:
+    return path.replace("/v1/", "/v2/", 1)
+
+
+class _GatewayScene:
+    """Builds the scene: services, their calls and releases, the traffic and the attacks."""
+
+    def __init__(
+        self, rng: random.Random, start: datetime, days: int, services: int, rate_scale: float
+    ) -> None:
+        self.rng = rng
+        self.rate_scale = rate_scale
+        self.world = _World(
+            start=start,
+            start_epoch=start.timestamp(),
+            days=days,
+            horizon=days * DAY,
+            users=[],
+            merchants_by_country={},
+            online_merchants=[],
+            services=[],
+            ip_geo={},
+        )
+        self.world.services = [
+            _build_service(self.world, rng, i, services) for i in range(services)
+        ]
+        self.services = [self._scene_service(s, i) for i, s in enumerate(self.world.services)]
+        self.sink = _Sink(self.world.horizon)
+
+    # -- the world -----------------------------------------------------------------------------
+
+    def _scene_service(self, base: _Service, index: int) -> _SceneService:
+        rng = self.rng
+        business = list(_catalog(base))
+        v2 = [(m, _v2(p)) for m, p in rng.sample(business, min(2, len(business)))]
+        v2 = [(m, p) for m, p in v2 if p.startswith("/v2/")]
+        sensitive = rng.sample(list(SENSITIVE_ROUTES), rng.randint(3, 6))
+        sensitive.sort(key=SENSITIVE_ROUTES.index)
+        lib = base.user_agent.split(" ", 1)[1]
+        version = [rng.randint(1, 4), rng.randint(0, 30), 0]
+        return _SceneService(
+            base=base,
+            index=index,
+            lib=lib,
+            version=version,
+            declared=[*business, *v2, *sensitive],
+            releases=[self._release(base, index, 0, -math.inf, version)],
+        )
+
+    def _release(
+        self, base: _Service, index: int, generation: int, at: float, version: list[int]
+    ) -> _Release:
+        rng = self.rng
+        name = base.resource
+        tag = ".".join(str(v) for v in version)
+        lib = base.user_agent.split(" ", 1)[1]
+        ips = [
+            f"10.{20 + generation % 200}.{index & 255}.{rng.randint(2, 250)}"
+            for _ in range(rng.randint(2, 4))
+        ]
+        return _Release(
+            at=at,
+            deployment=f"{name}-v{tag}-{_hex(rng, 28)}",
+            ips=ips,
+            agent=f"svc-{name}/{tag} {lib}",
+            rollout=rng.uniform(2.0, 10.0) * MINUTE,
+        )
+
+    def _route(
+        self, target: _SceneService, method: str, template: str, *, sensitive: bool = False
+    ) -> _SceneRoute:
+        rng = self.rng
+        writes = method in {"POST", "PUT", "PATCH"}
+        median = rng.uniform(400, 6000) if writes else rng.uniform(120, 600)
+        rate = _log_uniform(rng, 1.0, 6.0) if sensitive else _log_uniform(rng, 1.5, 30.0)
+        return _SceneRoute(
+            target=target.service_id,
+            method=method,
+            template=template,
+            rate=rate,
+            bytes_median=median,
+            bytes_sigma=rng.uniform(0.2, 0.5),
+            uuid_ids=rng.random() < 0.3,
+        )
+
+    def _fresh_business(self, service: _SceneService) -> list[tuple[_SceneService, str, str]]:
+        called = set(service.called_before(math.inf))
+        return [
+            (s, m, p)
+            for s in self.services
+            if s is not service
+            for m, p in _catalog(s.base)
+            if (s.service_id, m, p) not in called
+        ]
+
+    def _fresh_sensitive(self, service: _SceneService) -> list[tuple[_SceneService, str, str]]:
+        called = set(service.called_before(math.inf))
+        return [
+            (s, m, p)
+            for s in self.services
+            if s is not service
+            for m, p in s.declared
+            if (m, p) in SENSITIVE_ROUTES and (s.service_id, m, p) not in called
+        ]
+
+    def plan(self) -> None:
+        """Usual calls, office hours and each service's releases."""
+        rng = self.rng
+        for service in self.services:
+            for target, method, path in rng.sample(
+                fresh := self._fresh_business(service), min(len(fresh), rng.randint(3, 8))
+            ):
+                service.routes.append(self._route(target, method, path))
+            back_office = service.base.resource.split("-")[0] in _BACK_OFFICE
+            sensitive = self._fresh_sensitive(service)
+            if sensitive and rng.random() < (0.6 if back_office else 0.15):
+                target, method, path = rng.choice(sensitive)
+                service.routes.append(self._route(target, method, path, sensitive=True))
+            service.base.business_hours_only = back_office and rng.random() < 0.8
+        for service in self.services:
+            self._plan_releases(service)
+
+    def _plan_releases(self, service: _SceneService) -> None:
+        rng, world = self.rng, self.world
+        per_weekday = rng.choice((0.0, 0.2, 0.4, 0.6, 0.9))
+        for day in range(world.days):
+            midnight = world.local_midnight(day, _PLATFORM_UTC_OFFSET)
+            if world.local_weekday(midnight + 12 * HOUR, _PLATFORM_UTC_OFFSET) >= 5:
+                continue
+            if rng.random() >= per_weekday:
+                continue
+            at = midnight + rng.uniform(*_RELEASE_HOURS) * HOUR
+            if at < 0.5 * DAY or at > world.horizon - HOUR:
+                continue
+            self._release_at(service, at)
+
+    def _release_at(self, service: _SceneService, at: float) -> None:
+        rng = self.rng
+        if rng.random() < 0.7:
+            service.version[1] += 1
+            service.version[2] = 0
+        else:
+            service.version[2] += 1
+        k = len(service.releases)
+        release = self._release(service.base, service.index, k, at, service.version)
+        service.releases.append(release)
+        change = rng.random()
+        by_id = {s.service_id: s for s in self.services}
+        route: _SceneRoute | None = None
+        if change < 0.30:  # a new call to another service's route
+            fresh = self._fresh_business(service)
+            if fresh:
+                route = self._route(*rng.choice(fresh))
+        elif change < 0.42:  # a migration to a /v2/ route its target serves
+            movable = [
+                r
+                for r in service.routes
+                if r.until == math.inf
+                and (r.method, _v2(r.template)) in by_id[r.target].declared
+                and _v2(r.template) != r.template
+                and (r.target, r.method, _v2(r.template)) not in service.called_before(math.inf)
+            ]
+            if movable:
+                old = rng.choice(movable)
+                old.until, old.ended_by = at + release.rollout, k
+                route = self._route(by_id[old.target], old.method, _v2(old.template))
+                route.rate, route.uuid_ids = old.rate, old.uuid_ids
+        elif change < 0.50:  # a new job reading another service's sensitive route
+            fresh_sensitive = self._fresh_sensitive(service)
+            if fresh_sensitive:
+                target, method, path = rng.choice(fresh_sensitive)
+                route = self._route(target, method, path, sensitive=True)
+        if route is not None:
+            route.since, route.release = at, k
+            service.routes.append(route)
+            service.added.append(f"{route.method} {route.target} {route.template}")
+
+    # -- traffic -------------------------------------------------------------------------------
+
+    def _deployment(self, service: _SceneService, route: _SceneRoute, t: float) -> _Release:
+        k = service.release_index(t)
+        release = service.releases[k]
+        if k == 0 or route.release == k:
+            return release
+        if route.ended_by == k:  # the old code path: only the previous deployment calls it
+            return service.releases[k - 1]
+        into = t - release.at
+        if into < release.rollout and self.rng.random() >= into / release.rollout:
+            return service.releases[k - 1]
+        return release
+
+    def _call(
+        self,
+        service: _SceneService,
+        release: _Release,
+        route: _SceneRoute | tuple[str, str, str],
+        t: float,
+        *,
+        ip: str | None = None,
+        agent: str | None = None,
+        label: Label | None = None,
+    ) -> None:
+        rng = self.rng
+        if isinstance(route, _SceneRoute):
+            target, method, template = route.target, route.method, route.template
+            size = round(route.bytes_median * math.exp(rng.gauss(0.0, route.bytes_sigma)))
+            uuid_ids = route.uuid_ids
+        else:
+            target, method, template = route
+            size = rng.randint(80, 600) if method == "GET" else rng.randint(300, 2500)
+            uuid_ids = rng.random() < 0.3
+        path = _concrete(rng, template, uuid_ids)
+        data = _api_call(service.base, target, method, path, size)
+        context = {
+            "ip": ip or rng.choice(release.ips),
+            "user_agent": agent or release.agent,
+            "device_id": release.deployment,
+        }
+        self.sink.add(t, "api_call", data, context, label)
+
+    def traffic(self) -> None:
+        rng, world = self.rng, self.world
+        for service in self.services:
+            for route in service.routes:
+                peak_per_second = route.rate * self.rate_scale / HOUR
+                t = route.since
+                end = min(route.until, world.horizon)
+                while True:
+                    t += rng.expovariate(peak_per_second)
+                    if t >= end:
+                        break
+                    if rng.random() < _service_intensity(world, service.base, t):
+                        self._call(service, self._deployment(service, route, t), route, t)
+
+    # -- attacks -------------------------------------------------------------------------------
+
+    def attacks(self) -> None:
+        world = self.world
+        n = max(2, round(2.4 * (world.days - ATTACK_FREE_DAYS))) if world.days > 2 else 0
+        if n == 0:
+            return
+        start = ATTACK_FREE_DAYS * DAY
+        end = max(start + HOUR, world.horizon - _ATTACK_TAIL)
+        span = (end - start) / n
+        compromised: list[str] = []
+        tried: dict[str, list[tuple[str, str, str]]] = {}
+        for k in range(n):
+            t = start + (k + self.rng.random()) * span
+            label = ("lateral_movement", f"lateral_movement-{k + 1:03d}")
+            self._lateral_movement(t, label, compromised, tried, start, end)
+
+    def _night(self, t: float, start: float, end: float) -> float:
+        """01:00-04:30 CET on ``t``'s day, kept inside the attack window."""
+        hour = self.world.local_hour(t, _PLATFORM_UTC_OFFSET)
+        night = t - hour * HOUR + self.rng.uniform(1.0, 4.5) * HOUR
+        if night < start:
+            night += DAY
+        return night if night <= end else night - DAY
+
+    def _long_running(self, service: _SceneService, t: float) -> bool:
+        k = service.release_index(t)
+        settled = service.releases[k].at <= t - _LONG_RUNNING
+        upcoming = service.release_index(t + 2 * HOUR) != k
+        return settled and not upcoming
+
+    def _lateral_movement(
+        self,
+        t: float,
+        label: Label,
+        compromised: list[str],
+        tried: dict[str, list[tuple[str, str, str]]],
+        start: float,
+        end: float,
+    ) -> None:
+        """A long-running service, compromised, reaches for sensitive routes it never called
+        (now and then after a little reconnaissance): a burst within minutes, or low and slow
+        at night."""
+        rng = self.rng
+        night = rng.random() < 0.4
+        if night:
+            t = self._night(t, start, end)
+        running = [s for s in self.services if self._long_running(s, t)]
+        fresh = [s for s in running if s.service_id not in compromised]
+        service = rng.choice(fresh or running or self.services)
+        compromised.append(service.service_id)
+        before = set(service.called_before(t)) | set(tried.get(service.service_id, []))
+        recon_pool = [
+            (s.service_id, m, p)
+            for s in self.services
+            if s is not service
+            for m, p in _catalog(s.base)
+            if m == "GET" and (s.service_id, m, p) not in before
+        ]
+        recon = rng.sample(recon_pool, min(len(recon_pool), rng.choice((0, 0, 0, 1, 1, 2, 3))))
+        sensitive_pool = [
+            (s.service_id, m, p)
+            for s in self.services
+            if s is not service
+            for m, p in s.declared
+            if (m, p) in SENSITIVE_ROUTES and (s.service_id, m, p) not in before
+        ]
+        guesses = [
+            (s.service_id, m, p)
+            for s in self.services
+            if s is not service
+            for m, p in _UNDECLARED_SENSITIVE
+            if (s.service_id, m, p) not in before
+        ]
+        chosen = rng.sample(sensitive_pool, min(len(sensitive_pool), rng.randint(1, 4)))
+        if guesses and (rng.random() < 0.2 or not chosen):
+            chosen.append(rng.choice(guesses))
+        calls = [*recon, *chosen]
+        calls += [rng.choice(chosen) for _ in range(rng.randint(0, 10))]
+        tried.setdefault(service.service_id, []).extend(calls)
+        if night:
+            times, ti = [], t
+            for _ in calls:
+                times.append(ti)
+                ti += rng.uniform(1.0, 8.0) * MINUTE
+        else:
+            times = sorted(t + rng.uniform(0.0, rng.uniform(1.0, 10.0) * MINUTE) for _ in calls)
+        release = service.releases[service.release_index(t)]
+        ip = rng.choice(release.ips)
+        agent = release.agent if rng.random() < 0.5 else rng.choice(_ATTACK_TOOLS)
+        for ti, call in zip(times, calls, strict=True):
+            self._call(service, release, call, ti, ip=ip, agent=agent, label=label)
+
+    def result(self, start: datetime, prefix: str) -> GatewayScene:
+        events, labels = _finish(self.sink, start, prefix)
+        services = []
+        for s in self.services:
+            latest = s.releases[-1]
+            services.append(
+                SceneService(
+                    service_id=s.service_id,
+                    declared=tuple(f"{m} {p}" for m, p in s.declared),
+                    calls=tuple(
+                        (r.target, r.method, r.template) for r in s.routes if r.until == math.inf
+                    ),
+                    deployment=latest.deployment,
+                    deployed_at=None
+                    if latest.at == -math.inf
+                    else start + timedelta(seconds=latest.at),
+                    ips=tuple(latest.ips),
+                    user_agent=latest.agent,
+                    office_hours=s.base.business_hours_only,
+                    releases=len(s.releases) - 1,
+                    added_routes=tuple(s.added),
+                )
+            )
+        return GatewayScene(events, labels, tuple(services), start, self.world.days)
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -1505,6 +1996,42 @@ def simulate(
         _service_traffic(world, service, services_rng, sink)
     _Attacks(world, stream("attacks"), sink).run()
     return _finish(sink, start, f"{stream('ids').getrandbits(32):08x}")
+
+
+def simulate_gateway(
+    *,
+    days: int = 7,
+    seed: int = 1,
+    services: int = 12,
+    start: datetime = DEFAULT_START,
+    rate_scale: float = 1.0,
+) -> GatewayScene:
+    """The gateway scene: ``services`` internal services calling each other for ``days`` (their
+    usual routes, office hours, releases that start calling new routes), and after the first two
+    days labelled ``lateral_movement`` episodes — a long-running service, compromised, reaching
+    for sensitive routes it never called. Deterministic like :func:`simulate`; see
+    docs/simulator.md and docs/gateway.md. ``rate_scale`` multiplies every route's rate
+    (quieter or busier services)."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    if services < 3:
+        raise ValueError("services must be at least 3")
+    if not 0.01 <= rate_scale <= 100:
+        raise ValueError("rate_scale must be between 0.01 and 100")
+    if start.tzinfo is None or start.utcoffset() is None:
+        raise ValueError("start must be timezone-aware")
+    start = start.astimezone(UTC)
+
+    def stream(name: str) -> random.Random:
+        return random.Random(f"riskguard-simulate-gateway/{seed}/{name}")
+
+    scene = _GatewayScene(stream("world"), start, days, services, rate_scale)
+    scene.plan()
+    scene.rng = stream("traffic")
+    scene.traffic()
+    scene.rng = stream("attacks")
+    scene.attacks()
+    return scene.result(start, f"{stream('ids').getrandbits(32):08x}")
 
 
 def _finish(sink: _Sink, start: datetime, prefix: str) -> tuple[list[Row], list[Row]]:
@@ -1560,6 +2087,13 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]])
             out.write("\n")
             count += 1
     return count
+
+
+def gateway_config_path_for(events_path: str | os.PathLike[str]) -> Path:
+    """``EVENTS.jsonl`` -> ``EVENTS.gateway.json``: the gateway configuration of a scene."""
+    path = Path(events_path)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(f"{stem}.gateway.json")
 
 
 def labels_path_for(events_path: str | os.PathLike[str]) -> Path:

@@ -25,8 +25,11 @@ from riskguard.simulate import (
     DEFAULT_START,
     SANCTIONED_COUNTRIES,
     SENSITIVE_ROUTES,
+    GatewayScene,
+    gateway_config_path_for,
     labels_path_for,
     simulate,
+    simulate_gateway,
     write_jsonl,
 )
 
@@ -509,3 +512,207 @@ def test_write_jsonl_round_trips(tmp_path: Path) -> None:
 )
 def test_labels_path_sits_beside_the_events(events: str, labels: str) -> None:
     assert labels_path_for(events) == Path(labels)
+
+
+# -- the gateway scene ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scene() -> GatewayScene:
+    return simulate_gateway(days=5, services=8, seed=5)
+
+
+def _template(declared: tuple[str, ...], method: str, path: str) -> str | None:
+    """The declared route ``path`` matches (the most literal one), as the gateway picks it."""
+    segments = path.split("/")
+    best: tuple[int, str] | None = None
+    for route in declared:
+        m, template = route.split(" ", 1)
+        parts = template.split("/")
+        if m != method or len(parts) != len(segments):
+            continue
+        if all(p.startswith("{") or p == s for p, s in zip(parts, segments, strict=True)):
+            literal = sum(not p.startswith("{") for p in parts)
+            if best is None or literal > best[0]:
+                best = (literal, template)
+    return None if best is None else best[1]
+
+
+def _sensitive(path: str) -> bool:
+    return path.startswith("/admin") or any(
+        part in path for part in ("/internal/", "/keys", "credential", "export", "/secrets")
+    )
+
+
+def test_gateway_scene_is_deterministic_and_seeded() -> None:
+    first = simulate_gateway(days=3, services=4, seed=8)
+    assert first == simulate_gateway(days=3, services=4, seed=8)
+    other = simulate_gateway(days=3, services=4, seed=9)
+    assert first.events != other.events
+    assert first.events[0]["event_id"] != other.events[0]["event_id"]
+
+
+def test_gateway_scene_events_are_api_calls_with_concrete_paths_and_deployments(
+    scene: GatewayScene,
+) -> None:
+    declared = {s.service_id: s.declared for s in scene.services}
+    stamps = [e["occurred_at"] for e in scene.events]
+    assert stamps == sorted(stamps)
+    assert len({e["event_id"] for e in scene.events}) == len(scene.events)
+    for event in scene.events:
+        parse_event(event)
+        data, context = event["data"], event["context"]
+        assert event["type"] == "api_call"
+        assert "{" not in data["path"]  # concrete, as the gateway sees it
+        assert data["target"] != data["service_id"]
+        assert set(context) == {"ip", "user_agent", "device_id"}
+    benign = [e for e in scene.events if e["event_id"] not in _label_ids(scene)]
+    for event in benign:  # normal calls only ever use routes their target declares
+        data = event["data"]
+        assert _template(declared[data["target"]], data["method"], data["path"]) is not None
+    assert len(benign) > 10_000
+
+
+def _label_ids(scene: GatewayScene) -> set[str]:
+    return {row["event_id"] for row in scene.labels}
+
+
+def test_gateway_scene_configuration_is_a_valid_gateway_configuration(
+    scene: GatewayScene, tmp_path: Path
+) -> None:
+    from riskguard.adapters.gateway.config import load_config
+
+    path = gateway_config_path_for(tmp_path / "scene.jsonl")
+    assert path == tmp_path / "scene.gateway.json"
+    path.write_text(json.dumps(scene.gateway_config()))
+    config, _ = load_config(path)
+    assert sorted(config.upstreams) == sorted(s.service_id for s in scene.services)
+    catalogs = config.catalogs()
+    assert all(catalogs[s.service_id] for s in scene.services)
+
+
+def test_gateway_scene_releases_change_deployments_and_add_routes(scene: GatewayScene) -> None:
+    first_seen: dict[tuple[str, str], float] = {}
+    for event in scene.events:
+        key = (event["data"]["service_id"], event["context"]["device_id"])
+        first_seen.setdefault(key, ts(event))
+    released = [s for s in scene.services if s.releases]
+    assert released
+    assert any(s.added_routes for s in scene.services)
+    start = scene.start.timestamp()
+    for service in released:
+        deployments = sorted(
+            (t, d) for (sid, d), t in first_seen.items() if sid == service.service_id
+        )
+        assert len(deployments) == service.releases + 1
+        assert deployments[-1][1] == service.deployment
+        for t, _ in deployments[1:]:  # releases go out on weekdays, 09:00-17:00 CET
+            cet = datetime.fromtimestamp(t, UTC) + timedelta(hours=1)
+            assert cet.weekday() < 5
+            assert 9 <= cet.hour < 18, cet
+            assert t - start >= 12 * 3600
+    # a rolling update: the old deployment serves for at most 10 minutes after the new one
+    for event in scene.events:
+        service = event["data"]["service_id"]
+        mine = sorted((t, d) for (sid, d), t in first_seen.items() if sid == service)
+        current = [d for t, d in mine if t <= ts(event)]
+        if event["context"]["device_id"] != current[-1]:
+            newer = next(t for t, d in mine if d == current[-1])
+            assert ts(event) - newer <= 600
+
+
+def test_gateway_scene_benign_services_use_some_sensitive_routes(scene: GatewayScene) -> None:
+    labelled = _label_ids(scene)
+    sensitive = {
+        (e["data"]["service_id"], e["data"]["target"], e["data"]["method"])
+        for e in scene.events
+        if e["event_id"] not in labelled and _sensitive(e["data"]["path"])
+    }
+    assert sensitive  # ops jobs: exports, admin reads — known routes, not attacks
+
+
+def test_gateway_scene_lateral_movement(scene: GatewayScene) -> None:
+    labelled = {row["event_id"]: row for row in scene.labels}
+    declared = {s.service_id: s.declared for s in scene.services}
+    assert {row["attack"] for row in scene.labels} == {"lateral_movement"}
+    episodes: dict[str, list[Row]] = defaultdict(list)
+    seen: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
+    before: dict[str, set[tuple[str, str, str]]] = {}
+    deployment_since: dict[tuple[str, str], float] = {}
+    for event in scene.events:
+        data = event["data"]
+        key = (
+            data["target"],
+            data["method"],
+            _template(declared[data["target"]], data["method"], data["path"]) or data["path"],
+        )
+        deployment_since.setdefault((data["service_id"], event["context"]["device_id"]), ts(event))
+        label = labelled.get(event["event_id"])
+        if label is not None:
+            if label["episode"] not in episodes:
+                before[label["episode"]] = set(seen[data["service_id"]])
+            episodes[label["episode"]].append(event)
+        seen[data["service_id"]].add(key)
+    assert len(episodes) == round(2.4 * 3)
+    starts = [ts(evs[0]) for evs in episodes.values()]
+    assert min(starts) >= scene.start.timestamp() + 2 * 86400
+    for name, evs in episodes.items():
+        service = evs[0]["data"]["service_id"]
+        assert {e["data"]["service_id"] for e in evs} == {service}
+        assert len({e["context"]["device_id"] for e in evs}) == 1
+        assert len({e["context"]["ip"] for e in evs}) == 1
+        deployment = evs[0]["context"]["device_id"]
+        assert ts(evs[0]) - deployment_since[(service, deployment)] >= 86400  # long-running
+        assert any(_sensitive(e["data"]["path"]) for e in evs)
+        for event in evs:  # every call of the episode reaches for a route it never called
+            data = event["data"]
+            template = _template(declared[data["target"]], data["method"], data["path"])
+            assert (data["target"], data["method"], template or data["path"]) not in before[name]
+            assert template is not None or _sensitive(data["path"])  # guesses are sensitive
+        span = ts(evs[-1]) - ts(evs[0])
+        assert span <= 10 * 60 or (span <= 8 * 60 * len(evs) and _night_cet(evs[0]))
+
+
+def _night_cet(event: Row) -> bool:
+    return 1 <= (int(event["occurred_at"][11:13]) + 1) % 24 <= 5
+
+
+def test_gateway_scene_without_attack_days_is_benign() -> None:
+    assert simulate_gateway(days=2, services=3, seed=1).labels == []
+
+
+@pytest.mark.parametrize("kwargs", [{"days": 0}, {"services": 2}, {"start": datetime(2026, 11, 2)}])
+def test_gateway_scene_refuses_invalid_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        simulate_gateway(**kwargs)
+
+
+def test_simulate_command_writes_the_gateway_scene(tmp_path: Path) -> None:
+    out = tmp_path / "scene.jsonl"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "riskguard",
+            "simulate",
+            "--scene",
+            "gateway",
+            "--days",
+            "3",
+            "--services",
+            "4",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    made = simulate_gateway(days=3, services=4, seed=2)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == made.events
+    labels = (tmp_path / "scene.labels.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in labels] == made.labels
+    assert json.loads((tmp_path / "scene.gateway.json").read_text()) == made.gateway_config()

@@ -136,7 +136,10 @@ class Gatekeeper:
         self.service_limit = service_limit
         self._limiter_healthy = True
 
-    async def check(self, req: Check) -> Verdict:
+    async def check(self, req: Check, *, now: float | None = None) -> Verdict:
+        """The verdict on ``req``. ``now`` (seconds since the epoch) is the request's time when
+        a replay of recorded traffic runs through the gatekeeper: the rate limit and the risk
+        decision then use it instead of the clocks. Live requests pass nothing."""
         try:
             refuse_token_in_url(req.query)
             identity = await self.verifier.verify(bearer_token(req.authorization))
@@ -155,7 +158,7 @@ class Gatekeeper:
                 False, 405, f"the gateway does not pass {req.method} requests", subject=service
             )
 
-        limited = await self._rate_limited(service, req)
+        limited = await self._rate_limited(service, req, now)
         if limited is not None:
             return limited
 
@@ -181,7 +184,7 @@ class Gatekeeper:
             user_agent=req.user_agent,
         )
         try:
-            verdict = await risk.assess(call)
+            verdict = await risk.assess(call, now)
         except (DependencyUnavailable, NotFoundError):  # no tenant or ruleset to decide with yet
             detail = "the risk engine is not available yet; retry shortly"
             return Verdict(False, 503, detail, [(b"retry-after", b"1")], subject=service)
@@ -229,13 +232,14 @@ class Gatekeeper:
             service,
         )
 
-    async def _rate_limited(self, service: str, req: Check) -> Verdict | None:
+    async def _rate_limited(self, service: str, req: Check, now: float | None) -> Verdict | None:
+        now_us = None if now is None else round(now * 1_000_000)
         checks = [(req.route_key, req.rate_limit)]
         if self.service_limit is not None:
             checks.append(("*", self.service_limit))
         for route, limit in checks:
             try:
-                decision = await self.limiter.hit(service, route, limit)
+                decision = await self.limiter.hit(service, route, limit, now_us=now_us)
             except DependencyUnavailable as exc:
                 if self._limiter_healthy:
                     log.warning("rate_limiter_unavailable", error=str(exc))

@@ -173,7 +173,9 @@ class GatewayRisk:
         }
 
     async def assess(self, call: ApiCall, received: float | None = None) -> RiskVerdict:
-        """Decide on ``call`` and record the decision (see the module docstring)."""
+        """Decide on ``call`` and record the decision (see the module docstring). ``received``
+        is the request's time (default: now); a replay passes the recorded one."""
+        started = time.perf_counter()
         if received is None:
             received = time.time()
         tenant_id = self.tenant_id or await self.ready()
@@ -260,7 +262,7 @@ class GatewayRisk:
             score=round(score, 6),
             ruleset_version=engine.ruleset.version,
             model_version=decision.model_version if decision is not None else None,
-            latency_ms=round((time.time() - received) * 1000.0, 3),
+            latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
             degraded=degraded,
             event=event,
             features=features,
