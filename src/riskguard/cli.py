@@ -163,6 +163,12 @@ class Scene(StrEnum):
     gateway = "gateway"
 
 
+class DemoScene(StrEnum):
+    both = "both"
+    decisions = "decisions"
+    gateway = "gateway"
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="Events file to write (JSONL).")],
@@ -221,15 +227,36 @@ def demo(
         Path | None, typer.Option(help="Rule pack to publish and watch: saved edits apply live.")
     ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")] = 8000,
+    scene: Annotated[
+        DemoScene,
+        typer.Option(
+            help="both: the decision service, then internal services behind the gateway; "
+            "decisions or gateway: one of them."
+        ),
+    ] = DemoScene.both,
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port of the gateway (default: the service's + 1)."),
+    ] = None,
 ) -> None:
-    """Start the service on the embedded default, feed it simulated traffic, show it live."""
+    """Start the service on the embedded default, feed it simulated traffic, show it live; then
+    internal services behind the gateway, one compromised and blocked live."""
     from riskguard.demo import run_demo
 
     if rules is not None:
         _load_pack(rules)  # a pack that does not load is an error before the demo starts
     try:
-        run_demo(seconds=seconds, users=users, days=days, seed=seed, rules=rules, port=port)
-    except RuntimeError as exc:
+        run_demo(
+            seconds=seconds,
+            users=users,
+            days=days,
+            seed=seed,
+            rules=rules,
+            port=port,
+            scene=scene.value,
+            gateway_port=gateway_port,
+        )
+    except (RuntimeError, OSError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -1,4 +1,5 @@
-"""``riskguard demo``: the service on the embedded default, fed simulated traffic, shown live.
+"""``riskguard demo``: the service on the embedded default, fed simulated traffic, shown live;
+then internal services behind the gateway, one of them moving laterally, blocked live.
 
 The demo starts ``riskguard serve`` in-process at http://127.0.0.1:8000 on a fresh SQLite file
 (``.riskguard-demo/demo.db``) with in-memory state, creates a ``demo`` tenant with an admin and
@@ -9,6 +10,12 @@ challenged/reviewed/blocked events with their explanation, throughput and latenc
 sees them, and how many attack episodes were caught so far. With ``--rules``, the pack file is
 published to the tenant through the rules API at the start and again whenever it is saved; a bad
 edit is refused by the API (shown) and the previous version keeps running.
+
+The gateway scene follows (``riskguard.demo_gateway``): tiny internal services on loopback
+ports behind ``riskguard gateway`` (in process, port 8001), each calling the others with its
+own JWT; their baselines are warmed by replaying two days of simulated history through the
+gatekeeper, then one service is compromised and its lateral movement is answered 403 live.
+The two parts share ``--seconds`` (55/45; ``--scene`` runs one of them).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console, ConsoleRenderable, Group
@@ -32,6 +39,9 @@ from rich.text import Text
 
 from riskguard.engine.rules import RulePackError, parse_pack_text
 from riskguard.simulate import simulate
+
+if TYPE_CHECKING:
+    from riskguard.demo_gateway import GatewayDemoStats
 
 _STYLE = {
     "allow": "green",
@@ -63,6 +73,8 @@ class DemoStats:
     ruleset: str = "-"
     rules_error: str | None = None
     started: float = field(default_factory=time.monotonic)
+    gateway: GatewayDemoStats | None = None  # the gateway scene's figures
+    base_url: str = "http://127.0.0.1:8000"
 
     @property
     def decided(self) -> int:
@@ -122,6 +134,17 @@ def _setup(database_url: str, secret: bytes) -> tuple[str, str, str]:
     return asyncio.run(work())
 
 
+def split_seconds(seconds: float, scene: str) -> tuple[float, float]:
+    """(decision part, gateway part) of the demo's ``seconds``: both scenes share them
+    (55/45), the gateway's live part lasting at least 2 s."""
+    if scene == "decisions":
+        return seconds, 0.0
+    if scene == "gateway":
+        return 0.0, max(2.0, seconds)
+    decisions = max(1.0, seconds * 0.55)
+    return decisions, max(2.0, seconds - decisions)
+
+
 def run_demo(
     *,
     seconds: float,
@@ -131,16 +154,18 @@ def run_demo(
     rules: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    scene: str = "both",
+    gateway_port: int | None = None,
 ) -> DemoStats:
-    """Run the live demo for ``seconds`` and print a summary; returns the figures shown."""
+    """Run the live demo for ``seconds`` and print a summary; returns the figures shown.
+    ``scene``: ``both`` (the decision service, then the gateway), ``decisions`` or
+    ``gateway``."""
     from riskguard.settings import load_settings
     from riskguard.wiring import Container, configure_logging
 
     console = Console()
-    console.print(f"[bold]riskguard demo[/] — simulating {days} days of {users} users ...")
-    raw_events, labels = simulate(days=days, users=users, seed=seed)
-    label_of = {row["event_id"]: row for row in labels}
-
+    decision_s, gateway_s = split_seconds(seconds, scene)
+    stats = DemoStats()
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir(parents=True)
     database_url = f"sqlite+aiosqlite:///{(DEMO_DIR / 'demo.db').resolve()}"
@@ -154,25 +179,59 @@ def run_demo(
         auto_migrate=False,
         log_level="error",
     )
-    tenant_id, admin_key, ingest_key = _setup(database_url, settings.secret)
-    base = f"http://{host}:{port}"
-    console.print(
-        f"service: [bold]{base}[/] (OpenAPI at {base}/docs) — tenant [bold]{tenant_id}[/]\n"
-        f"admin key:  {admin_key}\ningest key: {ingest_key}\n"
-        f"try: curl -H 'Authorization: Bearer {admin_key}' {base}/v1/decisions?limit=1"
-    )
     configure_logging(settings, stream=open(os.devnull, "w"))  # noqa: SIM115 - process-long
-    from riskguard.adapters.http.app import create_app
-
-    app = create_app(Container(settings))
-    stats = DemoStats()
-    stats.episodes = {row["episode"]: row["attack"] for row in labels}
-    with _Server(app, host, port):
-        asyncio.run(
-            _feed(base, admin_key, ingest_key, raw_events, label_of, stats, seconds, rules, console)
+    if decision_s > 0:
+        console.print(f"[bold]riskguard demo[/] — simulating {days} days of {users} users ...")
+        raw_events, labels = simulate(days=days, users=users, seed=seed)
+        label_of = {row["event_id"]: row for row in labels}
+        tenant_id, admin_key, ingest_key = _setup(database_url, settings.secret)
+        base = f"http://{host}:{port}"
+        console.print(
+            f"service: [bold]{base}[/] (OpenAPI at {base}/docs) — tenant [bold]{tenant_id}[/]\n"
+            f"admin key:  {admin_key}\ningest key: {ingest_key}\n"
+            f"try: curl -H 'Authorization: Bearer {admin_key}' {base}/v1/decisions?limit=1"
         )
-    console.print()
-    _summary(console, stats, len(raw_events))
+        from riskguard.adapters.http.app import create_app
+
+        app = create_app(Container(settings))
+        stats.episodes = {row["episode"]: row["attack"] for row in labels}
+        stats.base_url = base
+        with _Server(app, host, port):
+            asyncio.run(
+                _feed(
+                    base,
+                    admin_key,
+                    ingest_key,
+                    raw_events,
+                    label_of,
+                    stats,
+                    decision_s,
+                    rules,
+                    console,
+                )
+            )
+        console.print()
+        _summary(console, stats, len(raw_events))
+    if gateway_s > 0:
+        from riskguard.adapters.sql.migrate import upgrade
+        from riskguard.demo_gateway import gateway_settings_for_demo, run_gateway_scene, summary
+
+        upgrade(database_url)  # already done by the decision part; a no-op then
+        gateway_settings = load_settings(**gateway_settings_for_demo(database_url, host, port))
+        console.print()
+        stats.gateway = asyncio.run(
+            run_gateway_scene(
+                console,
+                seconds=gateway_s,
+                seed=seed,
+                host=host,
+                port=gateway_port if gateway_port is not None else port + 1,
+                settings=gateway_settings,
+                folder=DEMO_DIR / "gateway",
+            )
+        )
+        console.print()
+        summary(console, stats.gateway, DEMO_DIR / "demo.db")
     return stats
 
 
@@ -340,7 +399,7 @@ def _view(stats: DemoStats, last: dict[str, Any] | None) -> Group:
         )
     caught = f"attack episodes caught: {len(stats.caught)} of those started so far"
     parts: list[ConsoleRenderable] = [
-        Panel(head, title="riskguard — live decisions (http://127.0.0.1:8000)"),
+        Panel(head, title=f"riskguard — live decisions ({stats.base_url})"),
         Panel(outcomes, title="outcomes"),
         Panel(latest, title="latest challenged, reviewed and blocked"),
         Text(caught, style="bold"),
