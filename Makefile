@@ -40,6 +40,7 @@ bench-http: $(STAMP) services
 
 eval: $(STAMP)
 	$(BIN)/python bench/detection.py --seeds 1 2 3 4 5
+	$(BIN)/python bench/gateway_scene.py --seeds 1 2 3 4 5
 	$(BIN)/python bench/models.py --data ../shared/datasets
 
 clean:

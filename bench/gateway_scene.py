@@ -48,7 +48,9 @@ from typing import Any
 from _machine import describe_machine, load_average
 from riskguard.engine.rules import RulePackError, parse_pack_text
 from riskguard.gateway_scene import SceneTally, evaluate, replay
+from riskguard.settings import load_settings
 from riskguard.simulate import gateway_config_path_for, labels_path_for, simulate_gateway
+from riskguard.wiring import configure_logging
 
 Row = dict[str, Any]
 
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, RulePackError) as exc:
             print(f"gateway_scene: cannot use {args.rules}: {exc}", file=sys.stderr)
             return 2
+    configure_logging(load_settings(log_level="warning"), stream=sys.stderr)
     machine = describe_machine()
     load_before = load_average()
     print(f"machine: {machine.summary()}; load average {load_before}")
