@@ -893,11 +893,13 @@ def api(db: Db, tmp_path: Path) -> Iterator[Api]:
     other = provision_tenant(backend, "other-" + uuid.uuid4().hex[:6])
     port = free_port()
     log = tmp_path / "server.log"
+    # the test runs its own dispatcher: one in the server would race it for the same messages
+    env = backend.env() | {"RISKGUARD_DISPATCHER": "false"}
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(port)],
             cwd=ROOT,
-            env=backend.env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
