@@ -15,9 +15,14 @@ What it measures, on SQLite (a file, WAL, ``synchronous=FULL``) and PostgreSQL:
    checkpoint's signature and root, consistency between checkpoints, one inclusion proof)
    timed in process, and once more as the real command (``riskguard audit verify``, process
    start included). Target: <= 30 s for 1,000,000 records.
-3. **Decision API throughput with the audit log and the outbox on vs off** — not measured
-   here: that run belongs to ``bench/http.py`` once the service writes audit records (see the
-   ``decision_api`` entry of the JSON summary, left null).
+3. **Decision API throughput with the audit log and the outbox on vs off**: runs
+   ``bench/http.py --after-decision`` (PostgreSQL + Redis, 1 worker, ``--api-rounds`` rounds of
+   10 s, 32 connections; skipped with ``--no-decision-api``) and reports its comparison: the
+   service with ``RISKGUARD_OUTBOX`` and ``RISKGUARD_AUDIT`` off, then on with the dispatcher
+   inside the service and in a ``riskguard worker`` process. The ratio judged is *sustained*
+   decisions/s (answers over the run plus the time the dispatcher then needed to finish the
+   alerts, audit records and stream events of the run) over decisions/s with them off, per
+   round, median. Target: >= 0.8.
 
 Cells run interleaved, one round at a time, ``--rounds`` rounds; every figure is the MEDIAN
 over the rounds. Output: the machine, the tables, then the JSON summary as the last line of
@@ -289,6 +294,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
     parser.add_argument("--sqlite-dir", type=pathlib.Path, default=None)
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the summary")
+    parser.add_argument(
+        "--no-decision-api",
+        action="store_true",
+        help="skip the decision API run (bench/http.py --after-decision)",
+    )
+    parser.add_argument("--api-rounds", type=int, default=3, help="rounds of that run (3)")
     args = parser.parse_args(argv)
     args.records = args.records or (50_000 if args.quick else 1_000_000)
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -418,10 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
     out.print(vtable)
-    out.print(
-        "Decision API throughput with the audit log and outbox on vs off: not measured here "
-        "(bench/http.py, once the service writes audit records)."
-    )
+    decision_api = None if args.no_decision_api else decision_api_ratio(args.api_rounds)
     summary: dict[str, Any] = {
         "benchmark": "audit",
         "machine": machine.to_dict(),
@@ -437,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "appends": appends_out,
         "verify": verify_out,
-        "decision_api": None,  # audit+outbox on/off ratio: measured by bench/http.py, not here
+        "decision_api": decision_api,
         "elapsed_s": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": load_average()},
     }
@@ -450,6 +458,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary))
     return 0
+
+
+def decision_api_ratio(rounds: int) -> dict[str, Any] | None:
+    """Run bench/http.py's after-decision comparison and print its verdict."""
+    err.log(f"decision API with the outbox and audit log on vs off: bench/http.py, {rounds} rounds")
+    with tempfile.TemporaryDirectory(prefix="rg-bench-audit-api-") as folder:
+        summary_path = pathlib.Path(folder) / "http.json"
+        cmd = [
+            sys.executable,
+            str(pathlib.Path(__file__).resolve().parent / "http.py"),
+            "--only",
+            "postgresql",
+            "--workers",
+            "1",
+            "--connections-high",
+            "0",
+            "--no-access-log-round",
+            "--after-decision",
+            "--rounds",
+            str(rounds),
+            "--json",
+            str(summary_path),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not summary_path.exists():
+            out.print(f"[red]bench/http.py failed ({done.returncode})[/]: {done.stderr[-2000:]}")
+            return None
+        result = json.loads(summary_path.read_text())["after_decision"]
+    table = Table(
+        title="decision API, (b) PostgreSQL + Redis, 1 worker: the outbox + audit log on vs off "
+        f"(bench/http.py, median of {rounds} rounds)",
+        title_justify="left",
+    )
+    for column in ("dispatcher", "decisions/s", "backlog", "drained s", "sustained/s", "ratio"):
+        table.add_column(column, justify="left" if column == "dispatcher" else "right")
+    table.add_column("target >= 0.8")
+    table.add_row("off", f"{result['off_decisions_per_s']:,.0f}", "-", "-", "-", "-", "")
+    for mode in result["modes"].values():
+        table.add_row(
+            mode["dispatcher"],
+            f"{mode['decisions_per_s']:,.0f}",
+            f"{mode['backlog']:,.0f}",
+            f"{mode['drain_s']:.1f}",
+            f"{mode['sustained_per_s']:,.0f}",
+            f"{mode['ratio_sustained']:.2f}",
+            "[green]PASS[/]" if mode["pass"] else "[red]FAIL[/]",
+        )
+    out.print(table)
+    return dict(result)
 
 
 if __name__ == "__main__":

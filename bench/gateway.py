@@ -339,6 +339,7 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             RISKGUARD_ACCESS_LOG="false",
             RISKGUARD_LOG_LEVEL="warning",
             RISKGUARD_DISPATCHER="true" if args.dispatcher == "on" else "false",
+            RISKGUARD_AUDIT_SIGNING_KEY=str(folder / "audit.key"),
         )
         gateway = procs.start(
             [
@@ -352,6 +353,13 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             folder / "gateway.log",
             env,
         )
+        worker = None
+        if args.dispatcher == "worker":  # the production layout: delivery in its own process
+            worker = procs.start(
+                [sys.executable, "-m", "riskguard", "worker"],
+                folder / "worker.log",
+                env | {"RISKGUARD_AUTO_MIGRATE": "false"},
+            )
         wait_http(f"http://127.0.0.1:{up_port}/", upstream, "the upstream NGINX")
         wait_http(f"http://127.0.0.1:{proxy_port}/", proxy, "the proxy NGINX")
         wait_http(f"http://127.0.0.1:{gw_port}/_riskguard/healthz", gateway, "the gateway")
@@ -362,7 +370,11 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                 "gateway": f"http://127.0.0.1:{gw_port}",
             },
             "upstream_pids": _tree(upstream.pid),
-            "proxy_pids": {"direct": [], "nginx": _tree(proxy.pid), "gateway": [gateway.pid]},
+            "proxy_pids": {
+                "direct": [],
+                "nginx": _tree(proxy.pid),
+                "gateway": [gateway.pid] + ([worker.pid] if worker is not None else []),
+            },
             "tokens": tokens,
             "database": database,
             "gateway_log": folder / "gateway.log",
@@ -477,10 +489,12 @@ def main() -> int:
     parser.add_argument("--max-wait", type=float, default=60.0)
     parser.add_argument(
         "--dispatcher",
-        choices=("on", "off"),
+        choices=("on", "worker", "off"),
         default="on",
-        help="the outbox dispatcher (alerts, audit, streams) inside the gateway process, as by "
-        "default; off: outbox rows are still written, another process would deliver them",
+        help="on: the outbox dispatcher (alerts, audit, streams) inside the gateway process, as "
+        "by default; worker: in a `riskguard worker` process beside it (the production layout; "
+        "its CPU is counted with the gateway's); off: outbox rows are still written, nobody "
+        "delivers them during the run",
     )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()

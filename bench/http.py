@@ -101,6 +101,9 @@ WRK_DIR: Final = BENCH_DIR / "wrk"
 TARGET_DECISIONS_PER_S: Final = 2_000.0  # (b), on this 2-core machine, load generator included
 TARGET_P99_MS: Final = 50.0
 TARGET_RATIO: Final = 0.35  # decisions/s over the same server's /healthz req/s
+TARGET_AFTER_RATIO: Final = 0.8  # sustained decisions/s with the outbox + audit on, over off
+AFTER_LABELS: Final = {"in-process": "dispatcher in the service", "worker": "riskguard worker"}
+DRAIN_TIMEOUT_S: Final = 180.0
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 CPUS: Final = os.cpu_count() or 1
 DEPENDENCY_PROCESSES: Final = frozenset({"postgres", "redis-server"})
@@ -179,9 +182,9 @@ class CpuSample:
     children: float  # this process's reaped children (wrk), user + system seconds
 
     @classmethod
-    def take(cls, server_pid: int) -> CpuSample:
+    def take(cls, server_pid: int, extra: Sequence[int] = ()) -> CpuSample:
         procs = _all_processes()
-        tree = {server_pid}
+        tree = {server_pid, *extra}
         grew = True
         while grew:  # the server, its workers, and theirs
             grew = False
@@ -277,12 +280,15 @@ class ServerConfig:
     workers: int
     access_log: bool
     connections: tuple[int, ...]
-    after: bool = False  # the outbox, its dispatcher and the audit log on (issue 6's ratio)
+    # What follows a decision (issue 6's ratio): "" off; "in-process": the outbox, its
+    # dispatcher in the service process and the audit log on; "worker": the same with the
+    # dispatcher in a separate `riskguard worker` process (RISKGUARD_DISPATCHER=false).
+    after: str = ""
 
     @property
     def name(self) -> str:
         log = ", access log" if self.access_log else ""
-        after = ", outbox+audit" if self.after else ""
+        after = f", outbox+audit ({AFTER_LABELS[self.after]})" if self.after else ""
         return f"{self.backend} w{self.workers}{log}{after}"
 
 
@@ -329,12 +335,15 @@ class Server:
             # configuration with what follows a decision (outbox, dispatcher, audit) on.
             RISKGUARD_OUTBOX="true" if config.after else "false",
             RISKGUARD_AUDIT="true" if config.after else "false",
+            RISKGUARD_DISPATCHER="false" if config.after == "worker" else "true",
             RISKGUARD_AUDIT_SIGNING_KEY=str(log_path.parent / "audit.key"),
         )
         if backend.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = backend.redis_url
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.with_worker = config.after == "worker"
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as log:
@@ -345,11 +354,25 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            if self.with_worker:
+                self.worker = subprocess.Popen(
+                    [sys.executable, "-m", "riskguard", "worker"],
+                    env=self.env | {"RISKGUARD_AUTO_MIGRATE": "false"},
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise RuntimeError(
                     f"the server exited with {self.process.returncode}; see {self.log_path}"
+                )
+            if self.worker is not None and self.worker.poll() is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"the worker exited with {self.worker.returncode}; see {self.log_path}"
                 )
             with suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
@@ -363,17 +386,24 @@ class Server:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def extra_pids(self) -> tuple[int, ...]:
+        """Processes counted with the server's CPU: its `riskguard worker`."""
+        return (self.worker.pid,) if self.worker is not None else ()
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        procs = [self.process, self.worker] if self.with_worker else [self.process]
+        return all(p is not None and p.poll() is None for p in procs)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process in (self.process, self.worker):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 class Stores:
@@ -392,6 +422,35 @@ class Stores:
             store = self._stores[url] = SqlDecisionStore(url)
             await store.start()
         return await store.count(tenant_id)
+
+    def pending(self, url: str, tenant_id: str) -> int:
+        """Outbox messages of the tenant not yet dispatched (alerts, audit, streams to do)."""
+        return self._runner.run(self._pending(url, tenant_id))
+
+    async def _pending(self, url: str, tenant_id: str) -> int:
+        import sqlalchemy as sa
+
+        await self._count(url, tenant_id)  # opens the store
+        async with self._stores[url].engine.connect() as conn:
+            result = await conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM outbox_messages "
+                    "WHERE tenant_id = :t AND dispatched_at IS NULL"
+                ),
+                {"t": tenant_id},
+            )
+            return int(result.scalar_one())
+
+    def drain(self, url: str, tenant_id: str) -> tuple[int, float]:
+        """(backlog when called, seconds until the dispatcher had done all of it)."""
+        started = time.monotonic()
+        backlog = left = self.pending(url, tenant_id)
+        while left and time.monotonic() - started < DRAIN_TIMEOUT_S:
+            time.sleep(0.25)
+            left = self.pending(url, tenant_id)
+        return backlog, (time.monotonic() - started if backlog else 0.0) + (
+            math.inf if left else 0.0
+        )
 
     def settled_count(self, url: str, tenant_id: str, timeout: float = 10.0) -> int:
         """The count once it stops moving (requests wrk abandoned are still being decided)."""
@@ -498,6 +557,14 @@ class Run:
     cpu: CpuUse
     rows_added: int | None = None  # decision rows the tenant gained over this run
     ok_2xx: int | None = None
+    backlog: int = 0  # outbox messages still to dispatch when the run ended
+    drain_s: float = 0.0  # how long the dispatcher then took to finish them
+
+    @property
+    def sustained_per_s(self) -> float:
+        """Decisions per second with what follows them done too: over the run plus the time
+        the dispatcher needed afterwards to catch up."""
+        return (self.ok_2xx or 0) / (self.seconds + self.drain_s)
 
     @property
     def rows_ok(self) -> bool | None:
@@ -544,9 +611,9 @@ def run_wrk(
     ]
     if endpoint == "decisions":
         cmd += ["--", f"r{uuid.uuid4().hex[:12]}", key]
-    before = CpuSample.take(server.pid)
+    before = CpuSample.take(server.pid, server.extra_pids)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    after = CpuSample.take(server.pid)
+    after = CpuSample.take(server.pid, server.extra_pids)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RGBENCH ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
@@ -687,6 +754,9 @@ class Row:
     dependency_us: float  # per decision, PostgreSQL + Redis
     total_us: float  # per decision: server + pg/redis + wrk + kernel
     statuses: dict[str, int]
+    backlog: float  # outbox messages left at the end of a run (median; after-decision rows)
+    drain_s: float  # seconds the dispatcher needed to finish them (median)
+    sustained_per_s: float  # 2xx / (run + drain), median
 
     @property
     def judged(self) -> bool:
@@ -770,6 +840,9 @@ def summarise(config: ServerConfig, connections: int, pairs: list[tuple[Run, Run
             [_us(r.cpu.server + r.cpu.dependencies + r.cpu.wrk + r.cpu.kernel, r) for r in runs]
         ),
         statuses=dict(statuses),
+        backlog=_med([r.backlog for r in runs]),
+        drain_s=_med([r.drain_s for r in runs]),
+        sustained_per_s=_med([r.sustained_per_s for r in runs]),
     )
 
 
@@ -835,8 +908,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--after-decision",
         action="store_true",
-        help="also run (b) with 1 worker and the outbox, its dispatcher and the audit log on "
-        "(the servers of the other rows run with them off)",
+        help="also run (b) with 1 worker and the outbox and audit log on, the dispatcher in the "
+        "service and in a `riskguard worker` process (the other rows run with them off); "
+        "prints their sustained throughput as a ratio to the run with them off",
     )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
@@ -938,7 +1012,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         conns = (args.connections,) + ((high,) if high and high != args.connections else ())
         configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
         if args.after_decision:
-            configs.append(ServerConfig("postgresql", 1, False, (args.connections,), after=True))
+            configs += [
+                ServerConfig("postgresql", 1, False, (args.connections,), after=mode)
+                for mode in AFTER_LABELS
+            ]
     log_configs = [
         ServerConfig(c.backend, c.workers, True, (args.connections,))
         for c in configs
@@ -987,12 +1064,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 go(server, "decisions", max(config.connections), args.warmup, backend.ingest_key)
             for conns in config.connections:
                 for attempt in range(1, args.retries + 2):
+                    if config.after:  # start with nothing left to dispatch (warm-up, retries)
+                        stores.drain(backend.database_url, backend.tenant_id)
                     busy, waited = wait_for_quiet(cpus, args.quiet_below, args.max_wait)
                     health = go(server, "healthz", conns, args.duration)
                     before = stores.settled_count(backend.database_url, backend.tenant_id)
                     decided = go(server, "decisions", conns, args.duration, backend.ingest_key)
                     after = stores.settled_count(backend.database_url, backend.tenant_id)
                     decided.rows_added = after - before
+                    if config.after:
+                        decided.backlog, decided.drain_s = stores.drain(
+                            backend.database_url, backend.tenant_id
+                        )
                     other = max(health.cpu.other, decided.cpu.other)
                     err.log(
                         f"  {config.name}, {conns} conns: healthz {health.per_s:,.0f}/s, "
@@ -1004,7 +1087,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"kernel {decided.cpu.kernel:.0f}% other {other:.0f}%"
                         + (
                             f"; per server process {list(decided.cpu.server_split)}"
-                            if config.workers > 1
+                            if config.workers > 1 or config.after == "worker"
+                            else ""
+                        )
+                        + (
+                            f"; outbox backlog {decided.backlog:,} done in "
+                            f"{decided.drain_s:.1f} s: sustained "
+                            f"{decided.sustained_per_s:,.0f} decisions/s"
+                            if config.after
                             else ""
                         )
                     )
@@ -1063,6 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print_results(args, rows, log_rows)
     headline = print_targets(args, rows)
+    after_decision = print_after_decision(args, runs) if args.after_decision else None
     print_findings(findings, crashed)
     if lopsided:
         out.print(
@@ -1124,6 +1215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "headline": headline,
         },
         "results": [row.to_dict() for row in rows],
+        "after_decision": after_decision,
         "access_log_round": [row.to_dict() for row in log_rows],
         "runs": [
             {
@@ -1356,6 +1448,79 @@ def print_targets(args: argparse.Namespace, rows: list[Row]) -> dict[str, Any] |
         "pass": passed,
         "degraded": best.degraded,
     }
+
+
+def print_after_decision(
+    args: argparse.Namespace, runs: dict[tuple[ServerConfig, int], list[tuple[Run, Run]]]
+) -> dict[str, Any] | None:
+    """Issue 6's ratio: decisions/s with the outbox and audit log on over the same 1-worker
+    server with them off, round by round (the pair ran back to back), then the median."""
+    conns = args.connections
+    off = runs.get((ServerConfig("postgresql", 1, False, (conns,)), conns))
+    if off is None:
+        return None
+    table = Table(
+        title=f"What follows a decision: (b) 1 worker, {conns} connections, the outbox + audit "
+        "log on vs off (medians of per-round ratios)",
+        title_justify="left",
+    )
+    for column in ("dispatcher", "decisions/s", "p99 ms", "backlog at end", "drained in s"):
+        table.add_column(column, justify="right" if column != "dispatcher" else "left")
+    for column in ("sustained/s", "ratio (rate)", f"ratio (sustained) >= {TARGET_AFTER_RATIO}"):
+        table.add_column(column, justify="right")
+    off_rate = _med([d.per_s for _, d in off])
+    table.add_row(
+        "off",
+        f"{off_rate:,.0f}",
+        f"{_med([d.p99_ms for _, d in off]):.1f}",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+    )
+    results: dict[str, Any] = {"off_decisions_per_s": round(off_rate, 1), "modes": {}}
+    for mode, label in AFTER_LABELS.items():
+        pairs = runs.get((ServerConfig("postgresql", 1, False, (conns,), after=mode), conns))
+        if not pairs:
+            continue
+        n = min(len(pairs), len(off))
+        rate_ratio = _med([pairs[i][1].per_s / off[i][1].per_s for i in range(n)])
+        sustained_ratio = _med([pairs[i][1].sustained_per_s / off[i][1].per_s for i in range(n)])
+        ok = sustained_ratio >= TARGET_AFTER_RATIO
+        decided = [d for _, d in pairs]
+        table.add_row(
+            label,
+            f"{_med([d.per_s for d in decided]):,.0f}",
+            f"{_med([d.p99_ms for d in decided]):.1f}",
+            f"{_med([d.backlog for d in decided]):,.0f}",
+            f"{_med([d.drain_s for d in decided]):.1f}",
+            f"{_med([d.sustained_per_s for d in decided]):,.0f}",
+            f"{rate_ratio:.2f}",
+            f"{sustained_ratio:.2f} {_verdict(ok)}",
+        )
+        results["modes"][mode] = {
+            "dispatcher": label,
+            "decisions_per_s": round(_med([d.per_s for d in decided]), 1),
+            "p99_ms": round(_med([d.p99_ms for d in decided]), 2),
+            "backlog": _med([d.backlog for d in decided]),
+            "drain_s": round(_med([d.drain_s for d in decided]), 2),
+            "sustained_per_s": round(_med([d.sustained_per_s for d in decided]), 1),
+            "ratio_rate": round(rate_ratio, 3),
+            "ratio_sustained": round(sustained_ratio, 3),
+            "round_ratios_sustained": [
+                round(pairs[i][1].sustained_per_s / off[i][1].per_s, 3) for i in range(n)
+            ],
+            "pass": ok,
+        }
+    out.print(table)
+    out.print(
+        "backlog: outbox messages (alerts, audit records, stream events still to do) left when "
+        "the run ended; sustained = 2xx answers / (run + the time the dispatcher then needed to "
+        "finish them) — the rate at which decisions AND what follows them are done. The ratio "
+        "judged is the sustained one, per round against the run with them off, then the median."
+    )
+    return results
 
 
 def print_findings(findings: LogFindings, crashed: list[str]) -> None:
