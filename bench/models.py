@@ -496,8 +496,9 @@ def simulated_models(users: int, days: int, seed: int) -> dict[str, Trained]:
 
 
 class ConstantModel:
-    """A model that costs nothing: 0.1 for transactions, NaN (abstain) for the rest. The engine
-    with it active shows what having any model costs the engine itself."""
+    """A model that costs nothing: 0.1 for transactions, NaN (abstain) for the rest. It declares
+    no ``event_types``, so the engine asks it about every event; the engine with it active shows
+    what having any model costs the engine itself."""
 
     version = "constant"
     features = ("type",)
@@ -581,11 +582,14 @@ def engine_section(events: int, days: int, seed: int, k: int) -> dict[str, Any]:
     mix = {t: sum(1 for e in stream.events if e.type == t) for t in ("transaction",)}
     out.print(
         f"The model scores transactions ({mix['transaction']:,} of {len(stream.events):,} "
-        "events); for the other types it answers NaN at once (the engine then decides on rules) "
-        "but the engine still leaves its fast path for them. share = extra mean time per "
-        "decision over the run without a model; model's own = extra over the constant model "
-        "(which costs nothing itself: the rest is the engine's model path). Contributions are "
-        "computed when the engine reads them, for scores from the model's threshold."
+        "events) and declares it: the engine does not ask it about the other types at all "
+        "(they keep the fast path and record no model version). The constant model declares no "
+        "event types, so it is asked about every event; its NaN for the other types counts as "
+        "no model (the fast path when no rule fired). share = extra mean time per decision over "
+        "the run without a model; model's own = extra over the constant model (which costs "
+        "nothing itself: the rest is the engine's model path). Contributions are computed only "
+        "when the engine reads them (outcomes other than allow), for scores from the model's "
+        "threshold."
     )
     return {
         "events": len(stream.events),
