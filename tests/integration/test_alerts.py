@@ -478,6 +478,89 @@ def test_decisions_within_the_window_join_one_alert_and_a_later_one_opens_anothe
     ]
 
 
+def test_the_outbox_consumer_absorbs_a_batch_as_one_by_one_would(
+    server: AlertServer, database_url: str, a: Keys
+) -> None:
+    """The dispatcher's path: CloudEvents of decision.created messages (payloads read back
+    from JSON, as from the outbox) go to AlertsConsumer, which absorbs the batch in one
+    transaction from the payloads alone — with the same alerts, counts, order and opened
+    messages as delivering each stored decision on its own (the window test above)."""
+    import orjson
+    from sqlalchemy import func, select
+
+    from riskguard.adapters.sql.engines import make_engine
+    from riskguard.adapters.sql.outbox import decision_message, outbox_messages
+    from riskguard.adapters.streams.cloudevents import to_cloudevent
+    from riskguard.services.consumers import AlertsConsumer
+
+    entity = uid("acct")
+    first = decision(a.tenant_id, entity, outcome="review", score=0.72, at=T0)
+    second = decision(a.tenant_id, entity, outcome="block", score=0.95, at=T0 + timedelta(hours=5))
+    allowed = decision(a.tenant_id, entity, outcome="allow", score=0.1, at=T0 + timedelta(hours=2))
+    older = decision(a.tenant_id, entity, outcome="review", score=0.7, at=T0 - timedelta(hours=1))
+    later = decision(a.tenant_id, entity, outcome="review", score=0.71, at=T0 + timedelta(hours=29))
+    other_reason = decision(a.tenant_id, entity, at=T0 + timedelta(hours=1), reason="TX_AMOUNT")
+    early = decision(a.tenant_id, uid("acct"))  # delivered before the batch: a redelivery
+    store_records(database_url, first, second, allowed, older, later, other_reason, early)
+    (early_result,) = deliver(database_url, early)
+    assert early_result is not None
+
+    def event(record: DecisionRecord) -> dict[str, Any]:
+        message = decision_message(record)
+        message = replace(message, payload=orjson.loads(orjson.dumps(message.payload)))
+        return to_cloudevent(message)
+
+    batch = [first, second, allowed, older, early, later, other_reason, first]  # first twice
+
+    async def consume() -> None:
+        alerts = AlertService(SqlAlertStore.from_url(database_url))
+        store = SqlDecisionStore(database_url)
+        await store.start()
+        try:
+            await AlertsConsumer(alerts, store).publish([event(r) for r in batch])
+        finally:
+            await alerts.close()
+            await store.close()
+
+    asyncio.run(consume())
+    listed = call(server, a, "GET", "/v1/alerts", role="read", params={"entity": entity}).json()
+    assert sorted((x["reason"], x["decision_count"], x["status"]) for x in listed["items"]) == [
+        ("TX_AMOUNT", 1, "open"),
+        ("TX_VELOCITY", 1, "open"),
+        ("TX_VELOCITY", 3, "open"),
+    ]
+    (joined,) = [x for x in listed["items"] if x["decision_count"] == 3]
+    body = call(server, a, "GET", f"/v1/alerts/{joined['id']}", role="read").json()
+    assert (body["severity"], body["score"]) == ("critical", 0.95)
+    assert body["first_decision_id"] == older.decision_id
+    assert body["last_decision_id"] == second.decision_id
+    assert [d["decision_id"] for d in body["recent_decisions"]] == [
+        second.decision_id,
+        first.decision_id,
+        older.decision_id,
+    ]
+    again = call(server, a, "GET", f"/v1/alerts/{early_result.alert.id}", role="read").json()
+    assert again["decision_count"] == 1
+
+    async def opened_messages() -> int:
+        engine = make_engine(database_url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                count = await conn.scalar(
+                    select(func.count())
+                    .select_from(outbox_messages)
+                    .where(
+                        outbox_messages.c.topic == "alert.opened",
+                        outbox_messages.c.subject.in_([x["id"] for x in listed["items"]]),
+                    )
+                )
+                return int(count or 0)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(opened_messages()) == 3
+
+
 def test_a_redelivered_decision_counts_once(
     server: AlertServer, database_url: str, a: Keys
 ) -> None:

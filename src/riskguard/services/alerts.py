@@ -359,6 +359,13 @@ class AlertStore(Protocol):
         key open one alert. A decision already counted changes nothing (``duplicate``)."""
         ...
 
+    async def absorb_many(
+        self, candidates: Sequence[AlertCandidate], *, window: timedelta, now: datetime
+    ) -> builtins.list[Absorbed]:
+        """:meth:`absorb` each candidate in order, with the same guarantees (the dispatcher's
+        batches)."""
+        ...
+
     async def get(self, tenant_id: str, alert_id: str) -> Alert | None: ...
 
     async def list(
@@ -417,6 +424,45 @@ def candidate_for(record: DecisionRecord, policy: AlertPolicy) -> AlertCandidate
     )
 
 
+def candidate_from_message(
+    tenant_id: str, payload: Mapping[str, Any], policy: AlertPolicy
+) -> AlertCandidate | None:
+    """What a ``decision.created`` message's payload (``decision_payload``: outcome, score,
+    reasons, entity, ids and times) contributes to alerts — the same candidate as
+    :func:`candidate_for` of the stored record, without reading it back. None when the outcome
+    does not alert; ValueError when the payload lacks what a candidate needs."""
+    outcome = payload.get("outcome")
+    if outcome not in policy.outcomes:
+        return None
+    try:
+        entity = payload["entity"]
+        reasons = payload["reasons"]
+        score = float(payload["score"])
+        record_ids = (str(payload["decision_id"]), str(payload["event_id"]))
+        occurred_at = _aware(datetime.fromisoformat(payload["occurred_at"]))
+        received_at = _aware(datetime.fromisoformat(payload["received_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a decision payload: {exc}") from None
+    if not isinstance(reasons, list) or not (entity is None or isinstance(entity, str)):
+        raise ValueError("not a decision payload: reasons or entity of the wrong type")
+    return AlertCandidate(
+        alert_id=new_id("alr_", received_at),
+        tenant_id=tenant_id,
+        entity=entity,
+        reason=primary_reason(reasons),
+        severity=severity_for(str(outcome), score),
+        score=score,
+        decision_id=record_ids[0],
+        event_id=record_ids[1],
+        outcome=str(outcome),
+        occurred_at=occurred_at,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def apply_change(alert: Alert, change: AlertChange, *, actor: str, now: datetime) -> Alert:
     """``alert`` after ``change`` by ``actor`` (the same object when nothing changes).
 
@@ -464,6 +510,11 @@ class AlertService:
         if candidate is None:
             return None
         return await self.store.absorb(candidate, window=self.policy.window, now=self.clock())
+
+    async def on_candidates(self, candidates: Sequence[AlertCandidate]) -> list[Absorbed]:
+        """:meth:`on_decision` for a batch (in order, one transaction): the outbox consumer's
+        path. Safe to call again for the same decisions."""
+        return await self.store.absorb_many(candidates, window=self.policy.window, now=self.clock())
 
     async def list_alerts(
         self, *, tenant_id: str, query: AlertQuery

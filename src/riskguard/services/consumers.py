@@ -13,7 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from riskguard.ports import DecisionStore
-from riskguard.services.alerts import AlertService
+from riskguard.services.alerts import (
+    AlertCandidate,
+    AlertService,
+    candidate_for,
+    candidate_from_message,
+)
 
 DECISION_CREATED = "io.riskguard.decision.created"
 
@@ -21,8 +26,10 @@ DECISION_CREATED = "io.riskguard.decision.created"
 class AlertsConsumer:
     """Opens or joins alerts for stored decisions whose outcome alerts (review, block).
 
-    Only decisions whose published outcome is in the alert policy are loaded (the payload
-    carries the outcome), so allow traffic costs one comparison here."""
+    The candidate comes from the message itself (its payload carries the outcome, score,
+    reasons, entity and times), so allow traffic costs one comparison here and a batch of
+    alerting decisions is absorbed in one transaction. A payload without those fields (never
+    written by this version) falls back to reading the stored decision."""
 
     name = "alerts"
 
@@ -31,16 +38,25 @@ class AlertsConsumer:
         self.store = store
 
     async def publish(self, events: Sequence[Mapping[str, Any]]) -> None:
-        outcomes = self.alerts.policy.outcomes
+        policy = self.alerts.policy
+        candidates: list[AlertCandidate] = []
         for event in events:
             if event.get("type") != DECISION_CREATED:
                 continue
             data = event.get("data") or {}
-            if data.get("outcome") not in outcomes:
+            if data.get("outcome") not in policy.outcomes:
                 continue
-            record = await self.store.get(str(event["tenantid"]), str(event["subject"]))
-            if record is not None:  # None: deleted by retention before it was consumed
-                await self.alerts.on_decision(record)
+            tenant_id = str(event["tenantid"])
+            try:
+                candidate = candidate_from_message(tenant_id, data, policy)
+            except ValueError:
+                record = await self.store.get(tenant_id, str(event["subject"]))
+                # None: deleted by retention before it was consumed
+                candidate = None if record is None else candidate_for(record, policy)
+            if candidate is not None:
+                candidates.append(candidate)
+        if candidates:
+            await self.alerts.on_candidates(candidates)
 
     async def close(self) -> None:
         return None
