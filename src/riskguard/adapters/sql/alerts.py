@@ -32,6 +32,7 @@ import base64
 import builtins
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -47,6 +48,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     func,
     select,
@@ -318,6 +320,94 @@ def _note(row: Row[Any]) -> Note:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _AbsorbStatements:
+    """The statements absorbing a decision, built once per store with bound parameters (so
+    SQLAlchemy compiles each once and every decision only binds its values).
+
+    - ``upsert``: open an alert, or join the tenant's absorbing alert with the same dedup key
+      whose newest decision is after ``:cutoff`` (the candidate's event time minus the window);
+      returns the alert, or nothing when the key's holder is past its window;
+    - ``release``: clear that stale holder's key (it stays in the queue, keyless);
+    - ``link``: record which alert holds the decision (nothing returned for a decision already
+      held: the primary key is tenant and decision)."""
+
+    upsert: Any
+    release: Any
+    link: Any
+
+    @classmethod
+    def build(cls, store: SqlAlertStore) -> _AbsorbStatements:
+        names = [
+            "id",
+            "tenant_id",
+            "entity",
+            "reason",
+            "severity",
+            "status",
+            "score",
+            "decision_count",
+            "first_decision_id",
+            "last_decision_id",
+            "first_seen_at",
+            "last_seen_at",
+            "opened_at",
+            "updated_at",
+            "dedup_key",
+            "revision",
+        ]
+        opening = store._insert(alerts).values({name: bindparam(name) for name in names})
+        new = opening.excluded
+        upsert = opening.on_conflict_do_update(
+            index_elements=[_a.tenant_id, _a.dedup_key],
+            index_where=text(DEDUP_WHERE),
+            set_={
+                "decision_count": _a.decision_count + 1,
+                "severity": store._greatest(_a.severity, new.severity),
+                "score": store._greatest(_a.score, new.score),
+                "last_decision_id": case(
+                    (new.last_seen_at >= _a.last_seen_at, new.last_decision_id),
+                    else_=_a.last_decision_id,
+                ),
+                "first_decision_id": case(
+                    (new.first_seen_at < _a.first_seen_at, new.first_decision_id),
+                    else_=_a.first_decision_id,
+                ),
+                "last_seen_at": store._greatest(_a.last_seen_at, new.last_seen_at),
+                "first_seen_at": store._least(_a.first_seen_at, new.first_seen_at),
+                "updated_at": new.updated_at,
+                "revision": _a.revision + 1,
+            },
+            # only an alert whose newest decision is inside the window absorbs this one
+            where=_a.last_seen_at > bindparam("cutoff", type_=t.Timestamp),
+        ).returning(*alerts.c)
+        release = (
+            update(alerts)
+            .where(
+                _a.tenant_id == bindparam("r_tenant"),
+                _a.dedup_key == bindparam("r_key"),
+                _a.last_seen_at <= bindparam("r_cutoff", type_=t.Timestamp),
+            )
+            .values(dedup_key=None)
+        )
+        link_names = [
+            "tenant_id",
+            "alert_id",
+            "decision_id",
+            "event_id",
+            "outcome",
+            "score",
+            "occurred_at",
+        ]
+        link = (
+            store._insert(alert_decisions)
+            .values({name: bindparam(name) for name in link_names})
+            .on_conflict_do_nothing(index_elements=[_ad.tenant_id, _ad.decision_id])
+            .returning(_ad.decision_id)
+        )
+        return cls(upsert, release, link)
+
+
 class SqlAlertStore:
     """The :class:`~riskguard.services.alerts.AlertStore` on SQLite or PostgreSQL."""
 
@@ -330,6 +420,7 @@ class SqlAlertStore:
             engine.url.render_as_string(hide_password=False)
         )
         self._schema_ready = not self._memory
+        self._absorb: _AbsorbStatements | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqlAlertStore:
@@ -385,24 +476,15 @@ class SqlAlertStore:
     async def absorb(
         self, candidate: AlertCandidate, *, window: timedelta, now: datetime
     ) -> Absorbed:
-        c = candidate
-        now = utc(now)
-
-        async def work(conn: AsyncConnection) -> Absorbed:
-            absorbed, opened = await self._absorb_on(conn, c, window=window, now=now)
-            await enqueue(conn, opened)
-            return absorbed
-
-        try:
-            return await self._run(work, write=True)
-        except _AlreadyCounted:
-            return await self._counted(c)
+        (absorbed,) = await self.absorb_many([candidate], window=window, now=now)
+        return absorbed
 
     async def absorb_many(
         self, candidates: Sequence[AlertCandidate], *, window: timedelta, now: datetime
     ) -> builtins.list[Absorbed]:
         """:meth:`absorb` each candidate, in order, in one transaction (the dispatcher's
-        batches: one transaction and one outbox insert instead of one per decision).
+        batches: one transaction, one link insert and one outbox insert per batch, and one
+        upsert per decision, each a statement compiled once).
 
         Decisions already counted are found first and answered as duplicates. Should one be
         counted concurrently while the batch runs (another dispatcher on an expired lease),
@@ -424,6 +506,7 @@ class SqlAlertStore:
                 )
                 counted.update((tenant_id, r[0]) for r in rows)
             results: builtins.list[Absorbed | None] = []
+            links: builtins.list[dict[str, Any]] = []
             messages: builtins.list[OutboxMessage] = []
             for c in candidates:
                 key = (c.tenant_id, c.decision_id)
@@ -431,15 +514,38 @@ class SqlAlertStore:
                     results.append(None)  # answered below, outside the transaction
                     continue
                 counted.add(key)  # the same decision twice in one batch counts once
-                absorbed, opened = await self._absorb_on(conn, c, window=window, now=now)
-                results.append(absorbed)
-                messages.extend(opened)
+                alert = await self._join_or_open(conn, c, window=window, now=now)
+                links.append(
+                    {
+                        "tenant_id": c.tenant_id,
+                        "alert_id": alert.id,
+                        "decision_id": c.decision_id,
+                        "event_id": c.event_id,
+                        "outcome": c.outcome,
+                        "score": c.score,
+                        "occurred_at": utc(c.occurred_at),
+                    }
+                )
+                opened = alert.id == c.alert_id
+                results.append(Absorbed(alert, opened=opened))
+                if opened:
+                    messages.append(
+                        OutboxMessage.new(
+                            c.tenant_id, ALERT_OPENED, alert.id, alert.to_dict(), now=now
+                        )
+                    )
+            if links:
+                linked = (await conn.execute(self._statements().link, links)).all()
+                if len(linked) != len(links):  # counted meanwhile by someone else
+                    raise _AlreadyCounted
             await enqueue(conn, messages)
             return results
 
         try:
             results = await self._run(work, write=True)
         except _AlreadyCounted:
+            if len(candidates) == 1:
+                return [await self._counted(candidates[0])]
             return [await self.absorb(c, window=window, now=now) for c in candidates]
         return [
             absorbed if absorbed is not None else await self._counted(c)
@@ -455,95 +561,48 @@ class SqlAlertStore:
         )
         return Absorbed(_alert(rows[0]), opened=False, duplicate=True)
 
-    async def _absorb_on(
+    async def _join_or_open(
         self, conn: AsyncConnection, c: AlertCandidate, *, window: timedelta, now: datetime
-    ) -> tuple[Absorbed, builtins.list[OutboxMessage]]:
-        """Join or open, on ``conn`` inside the caller's transaction: the result and the
-        ``alert.opened`` message to enqueue with it, if it opened one. Raises _AlreadyCounted
-        (the caller rolls back) when the decision is already linked to an alert."""
+    ) -> Alert:
+        """The alert ``c`` joins or opens, on ``conn`` inside the caller's transaction."""
+        statements = self._statements()
         occurred = utc(c.occurred_at)
         cutoff = occurred - window
-        opening = self._insert(alerts).values(
-            id=c.alert_id,
-            tenant_id=c.tenant_id,
-            entity=c.entity,
-            reason=c.reason,
-            severity=int(c.severity),
-            status="open",
-            score=c.score,
-            decision_count=1,
-            first_decision_id=c.decision_id,
-            last_decision_id=c.decision_id,
-            first_seen_at=occurred,
-            last_seen_at=occurred,
-            opened_at=now,
-            updated_at=now,
-            dedup_key=c.dedup_key,
-            revision=1,
-        )
-        new = opening.excluded
-        upsert = opening.on_conflict_do_update(
-            index_elements=[_a.tenant_id, _a.dedup_key],
-            index_where=text(DEDUP_WHERE),
-            set_={
-                "decision_count": _a.decision_count + 1,
-                "severity": self._greatest(_a.severity, new.severity),
-                "score": self._greatest(_a.score, new.score),
-                "last_decision_id": case(
-                    (new.last_seen_at >= _a.last_seen_at, new.last_decision_id),
-                    else_=_a.last_decision_id,
-                ),
-                "first_decision_id": case(
-                    (new.first_seen_at < _a.first_seen_at, new.first_decision_id),
-                    else_=_a.first_decision_id,
-                ),
-                "last_seen_at": self._greatest(_a.last_seen_at, new.last_seen_at),
-                "first_seen_at": self._least(_a.first_seen_at, new.first_seen_at),
-                "updated_at": new.updated_at,
-                "revision": _a.revision + 1,
-            },
-            # only an alert whose newest decision is inside the window absorbs this one
-            where=_a.last_seen_at > cutoff,
-        ).returning(*alerts.c)
-        release = (
-            update(alerts)
-            .where(
-                _a.tenant_id == c.tenant_id,
-                _a.dedup_key == c.dedup_key,
-                _a.last_seen_at <= cutoff,
-            )
-            .values(dedup_key=None)
-        )
-        row = None
+        values = {
+            "id": c.alert_id,
+            "tenant_id": c.tenant_id,
+            "entity": c.entity,
+            "reason": c.reason,
+            "severity": int(c.severity),
+            "status": "open",
+            "score": c.score,
+            "decision_count": 1,
+            "first_decision_id": c.decision_id,
+            "last_decision_id": c.decision_id,
+            "first_seen_at": occurred,
+            "last_seen_at": occurred,
+            "opened_at": now,
+            "updated_at": now,
+            "dedup_key": c.dedup_key,
+            "revision": 1,
+            "cutoff": cutoff,
+        }
         for _ in range(_ABSORB_ATTEMPTS):
-            row = (await conn.execute(upsert)).first()
+            row = (await conn.execute(statements.upsert, values)).first()
             if row is not None:
-                break
+                return _alert(row)
             # the key's holder is past its window: it stays in the queue, keyless
-            await conn.execute(release)
-        if row is None:  # a release always lets the next insert through
-            raise RuntimeError("could not open an alert: its dedup key kept changing")
-        alert = _alert(row)
-        link = (
-            self._insert(alert_decisions)
-            .values(
-                tenant_id=c.tenant_id,
-                alert_id=alert.id,
-                decision_id=c.decision_id,
-                event_id=c.event_id,
-                outcome=c.outcome,
-                score=c.score,
-                occurred_at=occurred,
+            await conn.execute(
+                statements.release,
+                {"r_tenant": c.tenant_id, "r_key": c.dedup_key, "r_cutoff": cutoff},
             )
-            .on_conflict_do_nothing(index_elements=[_ad.tenant_id, _ad.decision_id])
-            .returning(_ad.decision_id)
-        )
-        if (await conn.execute(link)).first() is None:
-            raise _AlreadyCounted
-        if alert.id != c.alert_id:
-            return Absorbed(alert, opened=False), []
-        message = OutboxMessage.new(c.tenant_id, ALERT_OPENED, alert.id, alert.to_dict(), now=now)
-        return Absorbed(alert, opened=True), [message]
+        # a release always lets the next insert through
+        raise RuntimeError("could not open an alert: its dedup key kept changing")
+
+    def _statements(self) -> _AbsorbStatements:
+        if self._absorb is None:
+            self._absorb = _AbsorbStatements.build(self)
+        return self._absorb
 
     # -- reading alerts ----------------------------------------------------------------------
 
