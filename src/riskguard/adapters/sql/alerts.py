@@ -89,6 +89,32 @@ DEDUP_WHERE = "dedup_key IS NOT NULL"  # the predicate of uq_alerts_tenant_dedup
 _MAX_CURSOR_CHARS = 512
 _ID_CURSOR = re.compile(r"^(note|lbl)_[0-9A-HJKMNP-TV-Z]{26}$")
 _ABSORB_ATTEMPTS = 3
+# many candidates at once on PostgreSQL (see SqlAlertStore._join_or_open_pg); the same
+# upsert as _AbsorbStatements.upsert, with the window in SQL rather than a cutoff per row
+_PG_ABSORB = """
+INSERT INTO alerts (id, tenant_id, entity, reason, severity, status, score, decision_count,
+    first_decision_id, last_decision_id, first_seen_at, last_seen_at, opened_at, updated_at,
+    dedup_key, revision)
+SELECT u.id, u.tenant_id, u.entity, u.reason, u.severity, 'open', u.score, 1,
+    u.decision_id, u.decision_id, u.occurred, u.occurred, $10, $10, u.dedup_key, 1
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::float8[],
+    $7::text[], $8::timestamptz[], $9::text[])
+    AS u(id, tenant_id, entity, reason, severity, score, decision_id, occurred, dedup_key)
+ON CONFLICT (tenant_id, dedup_key) WHERE dedup_key IS NOT NULL DO UPDATE SET
+    decision_count = alerts.decision_count + 1,
+    severity = greatest(alerts.severity, excluded.severity),
+    score = greatest(alerts.score, excluded.score),
+    last_decision_id = CASE WHEN excluded.last_seen_at >= alerts.last_seen_at
+        THEN excluded.last_decision_id ELSE alerts.last_decision_id END,
+    first_decision_id = CASE WHEN excluded.first_seen_at < alerts.first_seen_at
+        THEN excluded.first_decision_id ELSE alerts.first_decision_id END,
+    last_seen_at = greatest(alerts.last_seen_at, excluded.last_seen_at),
+    first_seen_at = least(alerts.first_seen_at, excluded.first_seen_at),
+    updated_at = excluded.updated_at,
+    revision = alerts.revision + 1
+WHERE alerts.last_seen_at > excluded.last_seen_at - $11::interval
+RETURNING alerts.*
+"""
 
 alerts = Table(
     "alerts",
@@ -242,8 +268,9 @@ def _id_cursor(cursor: str) -> str:
     return cursor
 
 
-def _alert(row: Row[Any]) -> Alert:
-    m = row._mapping
+def _alert(row: Row[Any] | Any) -> Alert:
+    """An alert from a SQLAlchemy row or an asyncpg record."""
+    m = row._mapping if isinstance(row, Row) else row
     return Alert(
         id=m["id"],
         tenant_id=m["tenant_id"],
@@ -505,16 +532,29 @@ class SqlAlertStore:
                     )
                 )
                 counted.update((tenant_id, r[0]) for r in rows)
+            todo: builtins.list[AlertCandidate] = []
+            for c in candidates:
+                key = (c.tenant_id, c.decision_id)
+                if key not in counted:
+                    counted.add(key)  # the same decision twice in one batch counts once
+                    todo.append(c)
+            if self.dialect == "postgresql" and len(todo) > 1:
+                held = await self._join_or_open_pg(conn, todo, window=window, now=now)
+            else:
+                held = {
+                    (c.tenant_id, c.decision_id): await self._join_or_open(
+                        conn, c, window=window, now=now
+                    )
+                    for c in todo
+                }
             results: builtins.list[Absorbed | None] = []
             links: builtins.list[dict[str, Any]] = []
             messages: builtins.list[OutboxMessage] = []
             for c in candidates:
-                key = (c.tenant_id, c.decision_id)
-                if key in counted:
-                    results.append(None)  # answered below, outside the transaction
+                alert = held.pop((c.tenant_id, c.decision_id), None)
+                if alert is None:
+                    results.append(None)  # counted before: answered outside the transaction
                     continue
-                counted.add(key)  # the same decision twice in one batch counts once
-                alert = await self._join_or_open(conn, c, window=window, now=now)
                 links.append(
                     {
                         "tenant_id": c.tenant_id,
@@ -598,6 +638,65 @@ class SqlAlertStore:
             )
         # a release always lets the next insert through
         raise RuntimeError("could not open an alert: its dedup key kept changing")
+
+    async def _join_or_open_pg(
+        self,
+        conn: AsyncConnection,
+        todo: Sequence[AlertCandidate],
+        *,
+        window: timedelta,
+        now: datetime,
+    ) -> dict[tuple[str, str], Alert]:
+        """:meth:`_join_or_open` for many candidates on PostgreSQL, by (tenant, decision): one
+        ``INSERT ... SELECT unnest(...) ON CONFLICT DO UPDATE`` per round, a round taking the
+        next candidate of each dedup key (a statement may not update one row twice; later
+        decisions of a key go in later rounds, so each key's decisions keep their order).
+        Rows go in key order, so two batches lock shared alerts in the same order. A candidate
+        whose key's holder is past its window gets no row back; it is taken on its own."""
+        raw: Any = (await conn.get_raw_connection()).driver_connection
+        held: dict[tuple[str, str], Alert] = {}
+        pending = list(todo)
+        while pending:
+            keys: set[tuple[str, str]] = set()
+            batch: builtins.list[AlertCandidate] = []
+            rest: builtins.list[AlertCandidate] = []
+            for c in pending:
+                if c.dedup_key is None:
+                    batch.append(c)
+                elif (c.tenant_id, c.dedup_key) in keys:
+                    rest.append(c)
+                else:
+                    keys.add((c.tenant_id, c.dedup_key))
+                    batch.append(c)
+            batch.sort(key=lambda c: (c.tenant_id, c.dedup_key or "", c.alert_id))
+            rows = await raw.fetch(
+                _PG_ABSORB,
+                [c.alert_id for c in batch],
+                [c.tenant_id for c in batch],
+                [c.entity for c in batch],
+                [c.reason for c in batch],
+                [int(c.severity) for c in batch],
+                [c.score for c in batch],
+                [c.decision_id for c in batch],
+                [utc(c.occurred_at) for c in batch],
+                [c.dedup_key for c in batch],
+                now,
+                window,
+            )
+            by_id = {row["id"]: row for row in rows}
+            by_key = {(row["tenant_id"], row["dedup_key"]): row for row in rows}
+            for c in batch:
+                row = by_id.get(c.alert_id)
+                if row is None and c.dedup_key is not None:
+                    row = by_key.get((c.tenant_id, c.dedup_key))
+                if row is not None:
+                    held[c.tenant_id, c.decision_id] = _alert(row)
+                else:  # the key's holder is past its window: release it, open anew
+                    held[c.tenant_id, c.decision_id] = await self._join_or_open(
+                        conn, c, window=window, now=now
+                    )
+            pending = rest
+        return held
 
     def _statements(self) -> _AbsorbStatements:
         if self._absorb is None:
