@@ -441,10 +441,13 @@ class Stores:
             )
             return int(result.scalar_one())
 
-    def drain(self, url: str, tenant_id: str) -> tuple[int, float]:
-        """(backlog when called, seconds until the dispatcher had done all of it)."""
-        started = time.monotonic()
-        backlog = left = self.pending(url, tenant_id)
+    def drain(
+        self, url: str, tenant_id: str, since: tuple[float, int] | None = None
+    ) -> tuple[int, float]:
+        """(backlog, seconds until the dispatcher had done all of it): from now, or from
+        ``since`` = (monotonic time, backlog then), e.g. the end of a load run."""
+        started, backlog = since or (time.monotonic(), self.pending(url, tenant_id))
+        left = backlog if backlog == 0 else self.pending(url, tenant_id)
         while left and time.monotonic() - started < DRAIN_TIMEOUT_S:
             time.sleep(0.25)
             left = self.pending(url, tenant_id)
@@ -1070,11 +1073,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     health = go(server, "healthz", conns, args.duration)
                     before = stores.settled_count(backend.database_url, backend.tenant_id)
                     decided = go(server, "decisions", conns, args.duration, backend.ingest_key)
+                    # the backlog the moment the load stops; its drain is timed from then
+                    ended = (
+                        (time.monotonic(), stores.pending(backend.database_url, backend.tenant_id))
+                        if config.after
+                        else None
+                    )
                     after = stores.settled_count(backend.database_url, backend.tenant_id)
                     decided.rows_added = after - before
-                    if config.after:
+                    if ended is not None:
                         decided.backlog, decided.drain_s = stores.drain(
-                            backend.database_url, backend.tenant_id
+                            backend.database_url, backend.tenant_id, since=ended
                         )
                     other = max(health.cpu.other, decided.cpu.other)
                     err.log(
