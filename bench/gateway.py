@@ -8,9 +8,10 @@ off) — is called three ways on loopback, with the same requests:
     upstream — the reference a Python proxy is compared with;
 (c) **riskguard gateway**: wrk → ``python -m riskguard gateway`` (one process; JWT verified,
     GCRA rate limit, risk decision by the default pack with in-memory feature state, every
-    decision recorded in a fresh SQLite file with its outbox message; the outbox dispatcher —
-    alerts, audit log — runs in the gateway process as it does by default, or not with
-    ``--dispatcher off``) → upstream.
+    decision recorded with its outbox message in a fresh SQLite file, or with ``--store
+    postgresql`` a fresh PostgreSQL database; the outbox dispatcher — alerts, audit log — runs
+    in the gateway process as it does by default, in a ``riskguard worker`` process beside it
+    with ``--dispatcher worker``, or not at all with ``--dispatcher off``) → upstream.
 
 Requests: ``GET /v1/r<k>/items/<n>`` with ``Authorization: Bearer <ES256 JWT>`` of one of
 ``--services`` calling services (so the gateway sees many (service, route) pairs: verification
@@ -247,6 +248,7 @@ class Processes:
     """Every process the benchmark started, stopped at the end whatever happens."""
 
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    pg_database: str | None = None  # created for the run (--store postgresql), dropped at the end
 
     def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
         with open(log, "ab") as out_file:
@@ -266,6 +268,9 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self.pg_database is not None:
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)'))
+            self.pg_database = None
 
 
 def wait_http(url: str, process: Any, what: str, timeout: float = 90.0) -> None:
@@ -328,10 +333,16 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             "risk": {"tenant": "bench-gateway"},
         }
         (folder / "gateway.yaml").write_text(json.dumps(config))
-        database = folder / "riskguard.db"
+        if args.store == "postgresql":  # a fresh database, dropped on the way out
+            pg_name = f"riskguard_bench_gw_{os.getpid()}_{int(time.time())}"
+            asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
+            procs.pg_database = pg_name
+            database_url = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_name}"
+        else:
+            database_url = f"sqlite+aiosqlite:///{folder / 'riskguard.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
         env.update(
-            RISKGUARD_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
+            RISKGUARD_DATABASE_URL=database_url,
             RISKGUARD_JWT_KEYS_FILE=str(jwks),
             RISKGUARD_JWT_ISSUER=ISSUER,
             RISKGUARD_JWT_AUDIENCE=AUDIENCE,
@@ -356,7 +367,7 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         worker = None
         if args.dispatcher == "worker":  # the production layout: delivery in its own process
             worker = procs.start(
-                [sys.executable, "-m", "riskguard", "worker"],
+                ["nice", "-n", str(args.worker_nice), sys.executable, "-m", "riskguard", "worker"],
                 folder / "worker.log",
                 env | {"RISKGUARD_AUTO_MIGRATE": "false"},
             )
@@ -376,7 +387,7 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                 "gateway": [gateway.pid] + ([worker.pid] if worker is not None else []),
             },
             "tokens": tokens,
-            "database": database,
+            "database": database_url,
             "gateway_log": folder / "gateway.log",
         }
     finally:
@@ -454,11 +465,29 @@ def flat_out(url: str, tokens: Path, connections: int, duration: float) -> dict[
     }
 
 
-def count_decisions(database: Path) -> int:
+PG_HOST: Final = os.environ.get("RISKGUARD_TEST_PG_HOST", "127.0.0.1")
+PG_PORT: Final = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
+PG_ADMIN_DB: Final = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
+PG_USER: Final = os.environ.get("RISKGUARD_TEST_PG_USER", "postgres")
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_ADMIN_DB, timeout=10
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def count_decisions(database_url: str) -> int:
     from riskguard.adapters.sql.store import SqlDecisionStore
 
     async def work() -> int:
-        store = SqlDecisionStore(f"sqlite+aiosqlite:///{database}")
+        store = SqlDecisionStore(database_url)
         await store.start()
         try:
             return await store.count()
@@ -495,6 +524,21 @@ def main() -> int:
         "by default; worker: in a `riskguard worker` process beside it (the production layout; "
         "its CPU is counted with the gateway's); off: outbox rows are still written, nobody "
         "delivers them during the run",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="--dispatcher worker: the worker's nice value (a background job: the gateway's "
+        "requests go first when both want a CPU; 0: same priority)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="where the gateway records its decisions (and the outbox, audit log, alerts): "
+        "a fresh SQLite file, the embedded default; or a fresh PostgreSQL database on "
+        "127.0.0.1:5432 (RISKGUARD_TEST_PG_* override), feature state staying in memory",
     )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
