@@ -249,6 +249,7 @@ class Processes:
 
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     pg_database: str | None = None  # created for the run (--store postgresql), dropped at the end
+    redis_prefix: str | None = None  # the run's keys (--gateway-workers > 1), deleted at the end
 
     def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
         with open(log, "ab") as out_file:
@@ -268,6 +269,17 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self.redis_prefix is not None:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            try:
+                keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
+                for at in range(0, len(keys), 1000):
+                    client.delete(*keys[at : at + 1000])
+            finally:
+                client.close()
+            self.redis_prefix = None
         if self.pg_database is not None:
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)'))
             self.pg_database = None
@@ -341,6 +353,9 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         else:
             database_url = f"sqlite+aiosqlite:///{folder / 'riskguard.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
+        if args.gateway_workers > 1:  # shared feature state and rate limits
+            procs.redis_prefix = f"bgw{os.getpid()}x{int(time.time())}"
+            env.update(RISKGUARD_REDIS_URL=REDIS_URL, RISKGUARD_REDIS_PREFIX=procs.redis_prefix)
         env.update(
             RISKGUARD_DATABASE_URL=database_url,
             RISKGUARD_JWT_KEYS_FILE=str(jwks),
@@ -360,6 +375,8 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                 "gateway",
                 "--config",
                 str(folder / "gateway.yaml"),
+                "--workers",
+                str(args.gateway_workers),
             ],
             folder / "gateway.log",
             env,
@@ -384,7 +401,7 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             "proxy_pids": {
                 "direct": [],
                 "nginx": _tree(proxy.pid),
-                "gateway": [gateway.pid] + ([worker.pid] if worker is not None else []),
+                "gateway": _tree(gateway.pid) + ([worker.pid] if worker is not None else []),
             },
             "tokens": tokens,
             "database": database_url,
@@ -465,6 +482,7 @@ def flat_out(url: str, tokens: Path, connections: int, duration: float) -> dict[
     }
 
 
+REDIS_URL: Final = os.environ.get("RISKGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_HOST: Final = os.environ.get("RISKGUARD_TEST_PG_HOST", "127.0.0.1")
 PG_PORT: Final = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
 PG_ADMIN_DB: Final = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
@@ -524,6 +542,13 @@ def main() -> int:
         "by default; worker: in a `riskguard worker` process beside it (the production layout; "
         "its CPU is counted with the gateway's); off: outbox rows are still written, nobody "
         "delivers them during the run",
+    )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="gateway processes (more than 1: feature state and rate limits in Redis, "
+        "RISKGUARD_TEST_REDIS_URL or redis://127.0.0.1:6379/0, under a prefix of the run)",
     )
     parser.add_argument(
         "--worker-nice",
