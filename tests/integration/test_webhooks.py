@@ -600,6 +600,63 @@ def test_a_receiver_that_always_fails_ends_in_dead_letter_and_can_be_redelivered
     asyncio.run(scenario())
 
 
+class SlowSink:
+    """A publisher that needs 10 ms per event and keeps what it took only when it finishes
+    (a batch cut off by the publish timeout leaves nothing, as a rolled-back transaction)."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+
+    async def publish(self, events: Any) -> None:
+        await asyncio.sleep(0.01 * len(events))
+        self.taken.extend(str(e["id"]) for e in events)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_sink_too_slow_for_the_batch_gets_smaller_batches_and_everything_through(
+    db: Db,
+) -> None:
+    """200 messages, a sink taking 2 s for all of them, 1 s to publish a batch: the first claim
+    times out, the batch halves until it fits, every message goes through once, and the batch
+    grows back after the backlog is gone."""
+    config = replace(
+        FAST,
+        batch_size=200,
+        publish_retry=RetryPolicy(max_attempts=0, base_s=0.01, cap_s=0.02),
+    )
+
+    async def scenario() -> tuple[list[int], list[str], int]:
+        messages = [decision_message(record(db.tenant_id, "allow")) for _ in range(200)]
+        await put(db.url, messages)
+        sink = SlowSink()
+        store = WebhookStore.from_url(db.url)
+        dispatcher = Dispatcher(store, SecretBox(b"k" * 32), config=config, publishers=[sink])
+        sizes = []
+        try:
+            for _ in range(30):
+                sizes.append(dispatcher.batch_size)
+                await dispatcher.dispatch_messages()
+                if len(sink.taken) == len(messages):
+                    break
+                await asyncio.sleep(0.03)  # past the back-off
+            left = [r for r in await rows(db.url, outbox_messages) if r.dispatched_at is None]
+            return sizes, sink.taken, len(left)
+        finally:
+            await dispatcher.close()
+            await store.close()
+
+    sizes, taken, left = asyncio.run(scenario())
+    assert sizes[0] == 200
+    assert min(sizes) <= 100  # shrunk after the timeout
+    assert any(after > before for before, after in zip(sizes, sizes[1:]))  # and grew back
+    assert left == 0
+    assert len(taken) == len(set(taken)) == 200  # each once: cut-off batches kept nothing
+
+
 def test_two_dispatchers_share_the_work_and_never_send_twice(db: Db, receiver: Receiver) -> None:
     """Claims are disjoint (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: the write lock)."""
     receiver.delay_s = 0.02

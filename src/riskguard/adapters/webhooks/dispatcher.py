@@ -174,6 +174,7 @@ class Dispatcher:
             trust_env=False,  # never through an environment proxy, around the address checks
         )
         self._stopping = False
+        self._batch = self.config.batch_size
         self._deliveries_due = asyncio.Event()
         self._messages_due = asyncio.Event()
         self.delivered = 0
@@ -181,6 +182,15 @@ class Dispatcher:
         self.dead = 0
         self.published = 0
         self.publish_failures = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Messages claimed per fan-out now: ``config.batch_size``, halved after a batch a
+        publisher could not take within ``publish_timeout_s`` (down to 1) and doubled back
+        after each batch that went through — so a slow sink (a loaded database under the
+        alerts or audit consumer) still makes progress instead of timing out on the same
+        batch for ever."""
+        return self._batch
 
     @staticmethod
     def _now() -> datetime:
@@ -219,7 +229,7 @@ class Dispatcher:
     async def _fan_out_loop(self) -> None:
         next_prune = time.monotonic()
         while not self._stopping:
-            claimed = 0
+            claimed, limit = 0, self._batch
             try:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + self.config.prune_every_s
@@ -233,13 +243,13 @@ class Dispatcher:
                 # violate their foreign key): nothing was written, the lease runs out and
                 # the batch is fanned out again
                 log.error("fan_out_failed", error_type=type(exc).__name__)
-            if claimed < self.config.batch_size:
+            if claimed < limit:
                 await self._pause(self._messages_due, self.config.poll_interval_s)
 
     async def dispatch_messages(self) -> int:
         """Fan out one batch of due messages; how many were claimed."""
         now = self._now()
-        claimed = await self.store.claim_messages(self.config.batch_size, self.config.lease_s, now)
+        claimed = await self.store.claim_messages(self._batch, self.config.lease_s, now)
         if not claimed:
             return 0
         subscriptions: dict[str, list[Subscription]] = defaultdict(list)
@@ -251,7 +261,8 @@ class Dispatcher:
             for s in subscriptions[m.tenant_id]
             if s.wants(m.topic, m.payload)
         ]
-        done, errors = await self._publish(claimed)
+        done, errors, timed_out = await self._publish(claimed)
+        self._adapt(len(claimed), timed_out)
         finished = self._now()
         outcomes = []
         for m in claimed:
@@ -266,11 +277,21 @@ class Dispatcher:
             self._deliveries_due.set()
         return len(claimed)
 
+    def _adapt(self, claimed: int, timed_out: bool) -> None:
+        if timed_out and claimed > 1:
+            self._batch = max(1, claimed // 2)
+            log.warning("publish_batch_shrunk", batch_size=self._batch)
+        elif not timed_out and self._batch < self.config.batch_size:
+            self._batch = min(self.config.batch_size, self._batch * 2)
+
     async def _publish(
         self, claimed: Sequence[ClaimedMessage]
-    ) -> tuple[dict[str, set[str]], dict[str, str]]:
+    ) -> tuple[dict[str, set[str]], dict[str, str], bool]:
+        """Each publisher's part of the batch: the sinks now done per message, the error per
+        message still to retry, and whether a publisher ran out of time."""
         done = {m.id: set(m.sinks_done) for m in claimed}
         errors: dict[str, str] = {}
+        timed_out = False
         events = {m.id: to_cloudevent(m) for m in claimed}
         for publisher in self._publishers:
             todo = [m.id for m in claimed if publisher.name not in done[m.id]]
@@ -280,6 +301,7 @@ class Dispatcher:
                 async with asyncio.timeout(self.config.publish_timeout_s):
                     await publisher.publish([events[i] for i in todo])
             except Exception as exc:
+                timed_out = timed_out or isinstance(exc, TimeoutError)
                 self.publish_failures += len(todo)
                 log.warning("publish_failed", sink=publisher.name, error_type=type(exc).__name__)
                 for i in todo:
@@ -288,7 +310,7 @@ class Dispatcher:
             self.published += len(todo)
             for i in todo:
                 done[i].add(publisher.name)
-        return done, errors
+        return done, errors, timed_out
 
     # -- delivery --------------------------------------------------------------------------
 
