@@ -1,4 +1,5 @@
-"""The ``riskguard`` command line: serve, tenants, keys, db, score, rules lint, simulate, demo.
+"""The ``riskguard`` command line: serve, gateway, worker, score, simulate, demo, and the groups
+rules, tenants, keys, db, audit and model (``riskguard --help`` lists them).
 
 Exit codes: 0 success; 1 the command ran but found problems (rejected lines, lint issues);
 2 the command could not run (bad arguments, unreadable files, an invalid pack).
