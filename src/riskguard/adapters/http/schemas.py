@@ -20,6 +20,11 @@ class ReasonOut(BaseModel):
     outcome: Literal["challenge", "review", "block"] | None = Field(
         default=None, description="A hard outcome this reason imposed"
     )
+    factors: dict[str, float] | None = Field(
+        default=None,
+        description="Model reasons of outcomes other than allow: the model's top input "
+        "contributions to its score, by feature (signed, 4 places); absent otherwise",
+    )
 
 
 class DecisionOut(BaseModel):
