@@ -76,6 +76,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _machine import describe_machine, load_average
+from _services import PG_HOST, PG_PORT, PG_USER, REDIS_URL, pg_admin
 
 ROOT: Final = BENCH_DIR.parent
 WRK_DIR: Final = BENCH_DIR / "wrk"
@@ -281,7 +282,7 @@ class Processes:
                 client.close()
             self.redis_prefix = None
         if self.pg_database is not None:
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)'))
+            asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)'))
             self.pg_database = None
 
 
@@ -347,7 +348,7 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         (folder / "gateway.yaml").write_text(json.dumps(config))
         if args.store == "postgresql":  # a fresh database, dropped on the way out
             pg_name = f"riskguard_bench_gw_{os.getpid()}_{int(time.time())}"
-            asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
+            asyncio.run(pg_admin(f'CREATE DATABASE "{pg_name}"'))
             procs.pg_database = pg_name
             database_url = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_name}"
         else:
@@ -480,25 +481,6 @@ def flat_out(url: str, tokens: Path, connections: int, duration: float) -> dict[
         "statuses": raw.get("tallies", {}),
         "errors": sum(raw["errors"].values()),
     }
-
-
-REDIS_URL: Final = os.environ.get("RISKGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_HOST: Final = os.environ.get("RISKGUARD_TEST_PG_HOST", "127.0.0.1")
-PG_PORT: Final = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
-PG_ADMIN_DB: Final = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
-PG_USER: Final = os.environ.get("RISKGUARD_TEST_PG_USER", "postgres")
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_ADMIN_DB, timeout=10
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def count_decisions(database_url: str) -> int:

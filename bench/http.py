@@ -90,6 +90,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _machine import describe_machine, load_average
+from _services import PG_HOST, PG_PORT, PG_USER, REDIS_URL, pg_admin
 from riskguard.adapters.sql.migrate import upgrade
 from riskguard.adapters.sql.store import SqlDecisionStore
 from riskguard.adapters.sql.urls import redact
@@ -493,25 +494,6 @@ def provision_backend(backend: Backend, secret: str) -> None:
 
     backend.tenant_id, keys = asyncio.run(work())
     backend.ingest_key = keys["ingest"]
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_ADMIN_DB, timeout=10
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-PG_HOST: Final = os.environ.get("RISKGUARD_TEST_PG_HOST", "127.0.0.1")
-PG_PORT: Final = int(os.environ.get("RISKGUARD_TEST_PG_PORT", "5432"))
-PG_ADMIN_DB: Final = os.environ.get("RISKGUARD_TEST_PG_DB", "test")
-PG_USER: Final = os.environ.get("RISKGUARD_TEST_PG_USER", "postgres")
-REDIS_URL: Final = os.environ.get("RISKGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _delete_redis_prefix(url: str, prefix: str) -> int:
@@ -940,7 +922,7 @@ def backends(args: argparse.Namespace, tmp: Path, secret: str) -> Iterator[dict[
             )
         if args.only in (None, "postgresql"):
             pg_name = f"riskguard_bench_http_{uuid.uuid4().hex[:8]}"
-            asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
+            asyncio.run(pg_admin(f'CREATE DATABASE "{pg_name}"'))
             prefix = f"bh{uuid.uuid4().hex[:8]}"
             found["postgresql"] = Backend(
                 "postgresql",
@@ -956,7 +938,7 @@ def backends(args: argparse.Namespace, tmp: Path, secret: str) -> Iterator[dict[
     finally:
         if pg_name is not None:
             with suppress(Exception):
-                asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+                asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
         if prefix is not None:
             try:
                 n = _delete_redis_prefix(REDIS_URL, prefix)
