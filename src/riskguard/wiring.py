@@ -203,7 +203,7 @@ class Container:
         from riskguard.services.consumers import AlertsConsumer
 
         settings = self.settings
-        publishers: list[Any] = [AlertsConsumer(self.alerts, self.store)]
+        publishers: list[Any] = [AlertsConsumer(self.alerts)]
         if self.audit is not None:
             from riskguard.services.consumers import AuditConsumer
 

@@ -410,17 +410,16 @@ def candidate_for(record: DecisionRecord, policy: AlertPolicy) -> AlertCandidate
     """What ``record`` contributes to alerts, or None when its outcome does not alert."""
     if record.outcome not in policy.outcomes:
         return None
-    return AlertCandidate(
-        alert_id=new_id("alr_", record.received_at),
-        tenant_id=record.tenant_id,
-        entity=record.entity,
-        reason=primary_reason(record.reasons),
-        severity=severity_for(record.outcome, record.score),
-        score=record.score,
-        decision_id=record.decision_id,
-        event_id=record.event_id,
-        outcome=record.outcome,
-        occurred_at=record.occurred_at,
+    return _candidate(
+        record.tenant_id,
+        record.decision_id,
+        record.event_id,
+        record.entity,
+        record.outcome,
+        record.score,
+        record.reasons,
+        record.occurred_at,
+        record.received_at,
     )
 
 
@@ -438,23 +437,47 @@ def candidate_from_message(
         entity = payload["entity"]
         reasons = payload["reasons"]
         score = float(payload["score"])
-        record_ids = (str(payload["decision_id"]), str(payload["event_id"]))
+        decision_id, event_id = str(payload["decision_id"]), str(payload["event_id"])
         occurred_at = _aware(datetime.fromisoformat(payload["occurred_at"]))
         received_at = _aware(datetime.fromisoformat(payload["received_at"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a decision payload: {exc}") from None
     if not isinstance(reasons, list) or not (entity is None or isinstance(entity, str)):
         raise ValueError("not a decision payload: reasons or entity of the wrong type")
+    return _candidate(
+        tenant_id,
+        decision_id,
+        event_id,
+        entity,
+        str(outcome),
+        score,
+        reasons,
+        occurred_at,
+        received_at,
+    )
+
+
+def _candidate(
+    tenant_id: str,
+    decision_id: str,
+    event_id: str,
+    entity: str | None,
+    outcome: str,
+    score: float,
+    reasons: Sequence[Mapping[str, Any]],
+    occurred_at: datetime,
+    received_at: datetime,
+) -> AlertCandidate:
     return AlertCandidate(
         alert_id=new_id("alr_", received_at),
         tenant_id=tenant_id,
         entity=entity,
         reason=primary_reason(reasons),
-        severity=severity_for(str(outcome), score),
+        severity=severity_for(outcome, score),
         score=score,
-        decision_id=record_ids[0],
-        event_id=record_ids[1],
-        outcome=str(outcome),
+        decision_id=decision_id,
+        event_id=event_id,
+        outcome=outcome,
         occurred_at=occurred_at,
     )
 

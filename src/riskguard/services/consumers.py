@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from riskguard.ports import DecisionStore
-from riskguard.services.alerts import (
-    AlertCandidate,
-    AlertService,
-    candidate_for,
-    candidate_from_message,
-)
+import structlog
+
+from riskguard.services.alerts import AlertCandidate, AlertService, candidate_from_message
+
+log = structlog.get_logger("riskguard.consumers")
 
 DECISION_CREATED = "io.riskguard.decision.created"
 
@@ -27,15 +25,15 @@ class AlertsConsumer:
     """Opens or joins alerts for stored decisions whose outcome alerts (review, block).
 
     The candidate comes from the message itself (its payload carries the outcome, score,
-    reasons, entity and times), so allow traffic costs one comparison here and a batch of
-    alerting decisions is absorbed in one transaction. A payload without those fields (never
-    written by this version) falls back to reading the stored decision."""
+    reasons, entity and times, as every ``decision.created`` message has), so allow traffic
+    costs one comparison here and a batch of alerting decisions is absorbed in one transaction.
+    A payload that is not a decision's (a bug, never written by riskguard) is logged and
+    skipped rather than failing, and so retrying, the whole batch for ever."""
 
     name = "alerts"
 
-    def __init__(self, alerts: AlertService, store: DecisionStore) -> None:
+    def __init__(self, alerts: AlertService) -> None:
         self.alerts = alerts
-        self.store = store
 
     async def publish(self, events: Sequence[Mapping[str, Any]]) -> None:
         policy = self.alerts.policy
@@ -43,16 +41,13 @@ class AlertsConsumer:
         for event in events:
             if event.get("type") != DECISION_CREATED:
                 continue
-            data = event.get("data") or {}
-            if data.get("outcome") not in policy.outcomes:
-                continue
-            tenant_id = str(event["tenantid"])
             try:
-                candidate = candidate_from_message(tenant_id, data, policy)
-            except ValueError:
-                record = await self.store.get(tenant_id, str(event["subject"]))
-                # None: deleted by retention before it was consumed
-                candidate = None if record is None else candidate_for(record, policy)
+                candidate = candidate_from_message(
+                    str(event["tenantid"]), event.get("data") or {}, policy
+                )
+            except ValueError as exc:
+                log.error("alert_payload_invalid", message_id=event.get("id"), error=str(exc))
+                continue
             if candidate is not None:
                 candidates.append(candidate)
         if candidates:

@@ -538,7 +538,7 @@ class SqlAlertStore:
                 if key not in counted:
                     counted.add(key)  # the same decision twice in one batch counts once
                     todo.append(c)
-            if self.dialect == "postgresql" and len(todo) > 1:
+            if self.dialect == "postgresql":
                 held = await self._join_or_open_pg(conn, todo, window=window, now=now)
             else:
                 held = {
