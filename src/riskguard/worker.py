@@ -92,9 +92,11 @@ def worker() -> None:
         except Exception as exc:
             raise _fail(f"cannot migrate the database: {type(exc).__name__}") from None
     configure_logging(settings, stream=sys.stderr)
+    import uvloop
+
     from riskguard.ports import DependencyUnavailable
 
-    try:
-        asyncio.run(run_worker(settings.model_copy(update={"auto_migrate": False})))
+    try:  # on uvloop, as the service (uvicorn) and the gateway run
+        uvloop.run(run_worker(settings.model_copy(update={"auto_migrate": False})))
     except DependencyUnavailable as exc:
         raise _fail(f"a dependency is unavailable: {exc}") from None

@@ -578,6 +578,89 @@ def test_a_redelivered_decision_counts_once(
     assert body["decision_count"] == 1
 
 
+def test_a_batch_rolls_back_when_one_of_its_decisions_is_counted_meanwhile(
+    server: AlertServer, database_url: str, a: Keys, b: Keys
+) -> None:
+    """A batch of two tenants, each with a decision already counted (found by the batch's
+    check), and a decision linked by someone else after the check (another dispatcher on an
+    expired lease): the link insert comes back short, the whole transaction rolls back (the
+    alert it opened and the join it counted included) and each candidate is absorbed on its
+    own, the raced one as a duplicate."""
+    from riskguard.adapters.sql.alerts import alert_decisions
+    from riskguard.adapters.sql.engines import make_engine
+    from riskguard.services.alerts import AlertCandidate, candidate_for
+
+    entity_a, entity_b, raced_entity = uid("acct"), uid("acct"), uid("acct")
+    held_a = decision(a.tenant_id, entity_a)
+    held_b = decision(b.tenant_id, entity_b)
+    joins = decision(a.tenant_id, entity_a, at=T0 + timedelta(minutes=1))
+    raced = decision(b.tenant_id, raced_entity, at=T0 + timedelta(minutes=2))
+    store_records(database_url, held_a, held_b, joins, raced)
+    alert_a, alert_b = deliver(database_url, held_a, held_b)
+    assert alert_a is not None
+    assert alert_b is not None
+
+    async def link_elsewhere() -> None:
+        engine = make_engine(database_url, null_pool=True)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    alert_decisions.insert().values(
+                        tenant_id=b.tenant_id,
+                        decision_id=raced.decision_id,
+                        alert_id=alert_b.alert.id,
+                        event_id=raced.event_id,
+                        outcome=raced.outcome,
+                        score=raced.score,
+                        occurred_at=raced.occurred_at,
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    checks = 0
+
+    async def absorb() -> list[Absorbed]:
+        store = SqlAlertStore.from_url(database_url)
+        service = AlertService(store)
+        check = store._held
+
+        async def check_then_race(conn: Any, candidates: Any) -> set[tuple[str, str]]:
+            nonlocal checks
+            found = await check(conn, candidates)
+            checks += 1
+            if checks == 1:
+                await link_elsewhere()
+            return found
+
+        store._held = check_then_race  # type: ignore[method-assign]
+        try:
+            candidates: list[AlertCandidate] = []
+            for record in (held_a, joins, held_b, raced):
+                candidate = candidate_for(record, service.policy)
+                assert candidate is not None
+                candidates.append(candidate)
+            return await service.on_candidates(candidates)
+        finally:
+            await service.close()
+
+    results = asyncio.run(absorb())
+    assert checks == 5  # the batch, then each candidate on its own
+    assert [(r.alert.id, r.opened, r.duplicate) for r in results] == [
+        (alert_a.alert.id, False, True),
+        (alert_a.alert.id, False, False),
+        (alert_b.alert.id, False, True),
+        (alert_b.alert.id, False, True),
+    ]
+    body = call(server, a, "GET", f"/v1/alerts/{alert_a.alert.id}", role="read").json()
+    assert body["decision_count"] == 2  # the rolled-back join is not counted twice
+    assert body["last_decision_id"] == joins.decision_id
+    body = call(server, b, "GET", f"/v1/alerts/{alert_b.alert.id}", role="read").json()
+    assert body["decision_count"] == 1
+    listed = call(server, b, "GET", "/v1/alerts", role="read", params={"entity": raced_entity})
+    assert listed.json()["items"] == []  # the alert the batch opened was rolled back
+
+
 def test_concurrent_decisions_for_one_entity_open_one_alert(
     server: AlertServer, database_url: str, a: Keys
 ) -> None:

@@ -24,6 +24,12 @@ in-memory store (embedded tests) keeps these tables in a database of its own.
 Alert changes are published through the outbox in the same transaction: ``alert.opened`` when a
 decision opens one, ``alert.updated`` on every workflow change. A decision joining an existing
 alert publishes nothing (its own ``decision.created`` message already went out).
+
+A batch of decisions is absorbed in one transaction (:meth:`SqlAlertStore.absorb_many`). On
+PostgreSQL the statements of that path have the same text whatever the batch size (column
+arrays expanded with ``unnest``), and all but the first go straight to the asyncpg connection
+under SQLAlchemy's; the first goes through SQLAlchemy because that is what sends the
+transaction's BEGIN. On SQLite every statement goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -64,7 +70,13 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from riskguard.adapters.sql import tables as t
 from riskguard.adapters.sql.engines import error_kind, is_db_error, make_engine
-from riskguard.adapters.sql.outbox import ALERT_OPENED, ALERT_UPDATED, OutboxMessage, enqueue
+from riskguard.adapters.sql.outbox import (
+    ALERT_OPENED,
+    ALERT_UPDATED,
+    OutboxMessage,
+    enqueue,
+    enqueue_pg,
+)
 from riskguard.adapters.sql.urls import is_memory, redact
 from riskguard.ports import DependencyUnavailable
 from riskguard.services.alerts import (
@@ -114,6 +126,23 @@ ON CONFLICT (tenant_id, dedup_key) WHERE dedup_key IS NOT NULL DO UPDATE SET
     revision = alerts.revision + 1
 WHERE alerts.last_seen_at > excluded.last_seen_at - $11::interval
 RETURNING alerts.*
+"""
+# absorb_many on PostgreSQL: fixed texts whatever the batch size (one array per column), so the
+# server reuses each prepared statement and SQLAlchemy compiles nothing per batch.
+# The decisions of a batch already held, as (tenant, decision) pairs (the pairs are distinct).
+_PG_COUNTED = """
+SELECT d.tenant_id, d.decision_id
+FROM unnest($1::text[], $2::text[]) AS k(tenant_id, decision_id)
+JOIN alert_decisions AS d USING (tenant_id, decision_id)
+"""
+# The same insert as _AbsorbStatements.link: one row back per decision actually inserted.
+_PG_LINK = """
+INSERT INTO alert_decisions (tenant_id, decision_id, alert_id, event_id, outcome, score,
+    occurred_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+    $6::float8[], $7::timestamptz[])
+ON CONFLICT (tenant_id, decision_id) DO NOTHING
+RETURNING decision_id
 """
 
 alerts = Table(
@@ -226,6 +255,17 @@ _l = labels.c
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under ``conn``, for statements sent to it directly inside
+    ``conn``'s transaction. SQLAlchemy's asyncpg adapter sends BEGIN just before the first
+    statement it executes itself, so one must have gone through ``conn`` already (a statement
+    sent to the driver before that would run, and commit, on its own): RuntimeError if not."""
+    raw: Any = (await conn.get_raw_connection()).driver_connection
+    if not raw.is_in_transaction():
+        raise RuntimeError("no transaction is open yet on the driver connection")
+    return raw
 
 
 class _AlreadyCounted(Exception):
@@ -510,36 +550,40 @@ class SqlAlertStore:
         self, candidates: Sequence[AlertCandidate], *, window: timedelta, now: datetime
     ) -> builtins.list[Absorbed]:
         """:meth:`absorb` each candidate, in order, in one transaction (the dispatcher's
-        batches: one transaction, one link insert and one outbox insert per batch, and one
-        upsert per decision, each a statement compiled once).
+        batches).
 
-        Decisions already counted are found first and answered as duplicates. Should one be
-        counted concurrently while the batch runs (another dispatcher on an expired lease),
-        the batch rolls back and each candidate is absorbed on its own."""
+        The transaction first finds the decisions an alert already holds; each of those, and
+        each repeat of a decision within the batch, is answered after the transaction as a
+        duplicate. The other candidates join or open their alerts, one row per decision goes
+        into ``alert_decisions`` and every alert opened gets an ``alert.opened`` outbox
+        message. Should a decision be counted concurrently while the batch runs (another
+        dispatcher on an expired lease), the link insert inserts fewer rows than it was given:
+        the batch rolls back and each candidate is absorbed on its own.
+
+        On PostgreSQL each statement has the same text whatever the batch size, so the server
+        reuses its prepared statements and SQLAlchemy compiles nothing per batch: the check is
+        one join with the batch's (tenant, decision) arrays (sent with ``exec_driver_sql``,
+        which also opens the transaction; see :func:`_driver`), the alerts are upserted by
+        :meth:`_join_or_open_pg`, and the links and the outbox messages are one
+        ``INSERT ... SELECT ... FROM unnest(...)`` each, on the asyncpg connection itself. On
+        SQLite the check is one ``IN`` query per tenant, each candidate one upsert (statements
+        compiled once per store), the links one executemany and the messages one insert."""
         if not candidates:
             return []
         now = utc(now)
-        by_tenant: dict[str, builtins.list[str]] = {}
-        for c in candidates:
-            by_tenant.setdefault(c.tenant_id, []).append(c.decision_id)
+        pg = self.dialect == "postgresql"
 
         async def work(conn: AsyncConnection) -> builtins.list[Absorbed | None]:
-            counted: set[tuple[str, str]] = set()
-            for tenant_id, ids in by_tenant.items():
-                rows = await conn.execute(
-                    select(_ad.decision_id).where(
-                        _ad.tenant_id == tenant_id, _ad.decision_id.in_(ids)
-                    )
-                )
-                counted.update((tenant_id, r[0]) for r in rows)
+            counted = await self._held(conn, candidates)
+            raw: Any = await _driver(conn) if pg else None
             todo: builtins.list[AlertCandidate] = []
             for c in candidates:
                 key = (c.tenant_id, c.decision_id)
                 if key not in counted:
                     counted.add(key)  # the same decision twice in one batch counts once
                     todo.append(c)
-            if self.dialect == "postgresql":
-                held = await self._join_or_open_pg(conn, todo, window=window, now=now)
+            if pg:
+                held = await self._join_or_open_pg(conn, raw, todo, window=window, now=now)
             else:
                 held = {
                     (c.tenant_id, c.decision_id): await self._join_or_open(
@@ -548,24 +592,14 @@ class SqlAlertStore:
                     for c in todo
                 }
             results: builtins.list[Absorbed | None] = []
-            links: builtins.list[dict[str, Any]] = []
+            links: builtins.list[tuple[AlertCandidate, str]] = []
             messages: builtins.list[OutboxMessage] = []
             for c in candidates:
                 alert = held.pop((c.tenant_id, c.decision_id), None)
                 if alert is None:
                     results.append(None)  # counted before: answered outside the transaction
                     continue
-                links.append(
-                    {
-                        "tenant_id": c.tenant_id,
-                        "alert_id": alert.id,
-                        "decision_id": c.decision_id,
-                        "event_id": c.event_id,
-                        "outcome": c.outcome,
-                        "score": c.score,
-                        "occurred_at": utc(c.occurred_at),
-                    }
-                )
+                links.append((c, alert.id))
                 opened = alert.id == c.alert_id
                 results.append(Absorbed(alert, opened=opened))
                 if opened:
@@ -574,11 +608,12 @@ class SqlAlertStore:
                             c.tenant_id, ALERT_OPENED, alert.id, alert.to_dict(), now=now
                         )
                     )
-            if links:
-                linked = (await conn.execute(self._statements().link, links)).all()
-                if len(linked) != len(links):  # counted meanwhile by someone else
-                    raise _AlreadyCounted
-            await enqueue(conn, messages)
+            if links and await self._link(conn, raw, links) != len(links):
+                raise _AlreadyCounted  # counted meanwhile by someone else
+            if pg:
+                await enqueue_pg(raw, messages)
+            else:
+                await enqueue(conn, messages)
             return results
 
         try:
@@ -591,6 +626,65 @@ class SqlAlertStore:
             absorbed if absorbed is not None else await self._counted(c)
             for c, absorbed in zip(candidates, results, strict=True)
         ]
+
+    async def _held(
+        self, conn: AsyncConnection, candidates: Sequence[AlertCandidate]
+    ) -> set[tuple[str, str]]:
+        """The (tenant, decision) pairs of ``candidates`` that an alert already holds."""
+        keys = dict.fromkeys((c.tenant_id, c.decision_id) for c in candidates)
+        if self.dialect == "postgresql":
+            rows = await conn.exec_driver_sql(
+                _PG_COUNTED, ([k[0] for k in keys], [k[1] for k in keys])
+            )
+            return {(r.tenant_id, r.decision_id) for r in rows}
+        by_tenant: dict[str, builtins.list[str]] = {}
+        for tenant_id, decision_id in keys:
+            by_tenant.setdefault(tenant_id, []).append(decision_id)
+        held: set[tuple[str, str]] = set()
+        for tenant_id, ids in by_tenant.items():
+            found = await conn.execute(
+                select(_ad.decision_id).where(_ad.tenant_id == tenant_id, _ad.decision_id.in_(ids))
+            )
+            held.update((tenant_id, r[0]) for r in found)
+        return held
+
+    async def _link(
+        self,
+        conn: AsyncConnection,
+        raw: Any,
+        links: Sequence[tuple[AlertCandidate, str]],
+    ) -> int:
+        """Record which alert (by id) holds each candidate's decision; the number of rows
+        inserted, fewer than ``links`` when a decision was already held. On PostgreSQL one
+        statement on ``raw`` (the asyncpg connection under ``conn``), its rows in (tenant,
+        decision) order so that two batches sharing decisions take their key locks in the same
+        order; on SQLite an executemany of :attr:`_AbsorbStatements.link`."""
+        if self.dialect == "postgresql":
+            ordered = sorted(links, key=lambda link: (link[0].tenant_id, link[0].decision_id))
+            rows = await raw.fetch(
+                _PG_LINK,
+                [c.tenant_id for c, _ in ordered],
+                [c.decision_id for c, _ in ordered],
+                [alert_id for _, alert_id in ordered],
+                [c.event_id for c, _ in ordered],
+                [c.outcome for c, _ in ordered],
+                [float(c.score) for c, _ in ordered],
+                [utc(c.occurred_at) for c, _ in ordered],
+            )
+            return len(rows)
+        values = [
+            {
+                "tenant_id": c.tenant_id,
+                "alert_id": alert_id,
+                "decision_id": c.decision_id,
+                "event_id": c.event_id,
+                "outcome": c.outcome,
+                "score": c.score,
+                "occurred_at": utc(c.occurred_at),
+            }
+            for c, alert_id in links
+        ]
+        return len((await conn.execute(self._statements().link, values)).all())
 
     async def _counted(self, c: AlertCandidate) -> Absorbed:
         """The answer for a decision an alert already holds."""
@@ -642,6 +736,7 @@ class SqlAlertStore:
     async def _join_or_open_pg(
         self,
         conn: AsyncConnection,
+        raw: Any,
         todo: Sequence[AlertCandidate],
         *,
         window: timedelta,
@@ -652,8 +747,8 @@ class SqlAlertStore:
         next candidate of each dedup key (a statement may not update one row twice; later
         decisions of a key go in later rounds, so each key's decisions keep their order).
         Rows go in key order, so two batches lock shared alerts in the same order. A candidate
-        whose key's holder is past its window gets no row back; it is taken on its own."""
-        raw: Any = (await conn.get_raw_connection()).driver_connection
+        whose key's holder is past its window gets no row back; it is taken on its own. The
+        upserts go to ``raw``, the asyncpg connection under ``conn`` (see :func:`_driver`)."""
         held: dict[tuple[str, str], Alert] = {}
         pending = list(todo)
         while pending:
