@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import builtins
 import enum
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
 from riskguard.engine.policy import Outcome
+from riskguard.ids import time_ordered_id
 from riskguard.ports import DecisionRecord
 
 Status = Literal["open", "acknowledged", "resolved"]
@@ -63,10 +63,6 @@ TRANSITIONS: Final[Mapping[Status, frozenset[Status]]] = {
 # one level up for a decision this sure of itself
 ESCALATE_AT_SCORE: Final = 0.9
 _RETRIES = 8
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_MS_MASK = (1 << 48) - 1
-# ids must be unique, not secret (tenant-scoped, behind authentication): seeded from the OS
-_random_bits = random.Random().getrandbits
 
 
 class Severity(enum.IntEnum):
@@ -121,8 +117,7 @@ def primary_reason(reasons: Sequence[Mapping[str, Any]]) -> str:
 def new_id(prefix: str, now: datetime) -> str:
     """``prefix`` + 26 Crockford base32 characters: 48-bit milliseconds then 80 random bits,
     laid out like decision ids, so ids sort by creation time (and the list order with them)."""
-    value = ((int(now.timestamp() * 1000) & _MS_MASK) << 80) | _random_bits(80)
-    return prefix + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return time_ordered_id(prefix, now.timestamp())
 
 
 def _utcnow() -> datetime:

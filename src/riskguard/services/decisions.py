@@ -27,10 +27,8 @@ request: the service recovers by itself.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ import structlog
 from riskguard.engine.decide import Decision
 from riskguard.engine.events import FieldIssue, InvalidEventError, parse_event
 from riskguard.engine.policy import Outcome
+from riskguard.ids import time_ordered_id
 from riskguard.ports import (
     Claim,
     DecisionRecord,
@@ -63,10 +62,6 @@ _ENTITY = {
     "api_call": "data.service_id",
 }
 _REPLAY_WAIT_S = 5.0
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
-_MS_MASK = (1 << 48) - 1
-_random_bits = random.Random().getrandbits  # seeded from os.urandom when created
 
 
 class ConflictError(Exception):
@@ -78,17 +73,8 @@ class PendingError(Exception):
 
 
 def new_decision_id(now: float | None = None) -> str:
-    """``dec_`` + 26 Crockford base32 characters: 48-bit milliseconds then 80 random bits, so
-    ids sort by creation time (kind to B-tree indexes) and never collide in practice."""
-    ms = int((time.time() if now is None else now) * 1000)
-    # Ids need to be unique, not secret (they are tenant-scoped and behind authentication):
-    # the Mersenne Twister, seeded from the OS per process, is 10x cheaper than os.urandom here.
-    value = ((ms & _MS_MASK) << 80) | _random_bits(80)
-    # 160 bits are 32 base32 characters; the 26 low ones hold the 128-bit value (the first 6
-    # are zero). base64's C encoder plus one translate beats a Python loop by ~5x.
-    return (
-        "dec_" + base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode()
-    )
+    """``dec_`` + 26 Crockford base32 characters, time-ordered (riskguard.ids)."""
+    return time_ordered_id("dec_", now)
 
 
 def body_hash(raw: Mapping[str, Any]) -> str:

@@ -35,9 +35,7 @@ decision ``INSERT`` itself so an autocommitted batch stays one statement and one
 
 from __future__ import annotations
 
-import random
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from riskguard.adapters.sql.engines import dumps
 from riskguard.adapters.sql.tables import Json, Timestamp, metadata
+from riskguard.ids import time_ordered_id
 from riskguard.ports import DecisionRecord
 
 DECISION_CREATED = "decision.created"
@@ -177,19 +176,11 @@ OUTBOX_COLUMNS: tuple[str, ...] = (
     "sinks_done",
 )
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# every 10-bit value as its two Crockford digits: 13 look-ups make the 26 digits of an id
-_DIGIT_PAIRS = [hi + lo for hi in _CROCKFORD for lo in _CROCKFORD]
-_PAIR_SHIFTS = range(120, -1, -10)
-_random_bits = random.Random().getrandbits  # seeded from os.urandom: unique, not secret
-
 
 def new_message_id(now: float | None = None) -> str:
-    """``evt_`` + 26 Crockford base32 characters (48-bit milliseconds, 80 random bits): ids
-    sort by creation time, which keeps the primary key index append-mostly."""
-    value = (int((time.time() if now is None else now) * 1000) << 80) | _random_bits(80)
-    pairs = _DIGIT_PAIRS
-    return "evt_" + "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
+    """``evt_`` + 26 Crockford base32 characters, time-ordered (riskguard.ids): ids sort by
+    creation time, which keeps the primary key index append-mostly."""
+    return time_ordered_id("evt_", now)
 
 
 @dataclass(frozen=True, slots=True)
