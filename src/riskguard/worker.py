@@ -7,8 +7,9 @@ default each ``riskguard serve`` process runs one beside its HTTP handlers; with
 ``RISKGUARD_DISPATCHER=false`` on the service, that work moves here, so the service's CPU goes
 to deciding and the after-decision work scales (and is restarted) on its own.
 
-Several workers, and service processes that still dispatch, share the outbox safely: claims
-are leases taken with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and the audit log's writers
+Several workers, and service processes that still dispatch, share the outbox safely: outbox
+claims are row locks taken with ``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL (webhook
+deliveries and SQLite claims are leases), and the audit log's writers
 take its advisory lock. The worker is configured by the same ``RISKGUARD_*`` variables as the
 service (the database, Redis, NATS, the audit log's key and the service secret that unseals
 webhook secrets) and runs until SIGTERM or SIGINT, finishing the work in hand.

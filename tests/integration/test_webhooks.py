@@ -55,7 +55,7 @@ from riskguard.adapters.sql.store import SqlDecisionStore
 from riskguard.adapters.sql.tables import DECISION_COLUMNS, DECISION_ROW_TYPE
 from riskguard.adapters.sql.urls import normalize, sqlite_path
 from riskguard.adapters.webhooks.dispatcher import Dispatcher, DispatcherConfig, RetryPolicy
-from riskguard.adapters.webhooks.models import delivery_id
+from riskguard.adapters.webhooks.models import MessageOutcome, delivery_id
 from riskguard.adapters.webhooks.sealing import SecretBox
 from riskguard.adapters.webhooks.service import Change, ConflictError, WebhookService
 from riskguard.adapters.webhooks.signing import WebhookSecret, verify
@@ -689,6 +689,84 @@ def test_two_dispatchers_share_the_work_and_never_send_twice(db: Db, receiver: R
             await service.close()
         assert len(receiver.snapshot()) == count
         assert set(receiver.processed()) == {delivery_id(m.id, sub.id) for m in messages}
+
+    asyncio.run(scenario())
+
+
+def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(db: Db) -> None:
+    """Two claims at once take disjoint messages. On PostgreSQL the claim writes nothing (a row
+    lock, not a lease: the rows keep their version until the outcome, which counts the
+    attempt) and a batch abandoned by an exception is due again at once; on SQLite the claim is
+    a lease, due again when it runs out."""
+
+    async def versions() -> dict[str, str]:
+        engine = make_engine(db.url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                result = await conn.exec_driver_sql(
+                    "SELECT id, attempts FROM outbox_messages"
+                    if db.dialect == "sqlite"
+                    else "SELECT id, xmin::text || '/' || attempts FROM outbox_messages"
+                )
+                return {str(r[0]): str(r[1]) for r in result.all()}
+        finally:
+            await engine.dispose()
+
+    async def scenario() -> None:
+        messages = [decision_message(record(db.tenant_id)) for _ in range(6)]
+        await put(db.url, messages)
+        first, second = WebhookStore.from_url(db.url), WebhookStore.from_url(db.url)
+        before = await versions()
+        now = datetime.now(UTC)
+        try:
+            held: list[Any] = []
+
+            async def crash_mid_batch() -> None:
+                async with first.claimed_messages(4, 30.0, now) as batch:
+                    held.extend(batch.messages)
+                    assert len(held) == 4
+                    assert {m.attempts for m in held} == {1}
+                    async with second.claimed_messages(10, 30.0, now) as other:
+                        assert len(other.messages) == 2
+                        assert not {m.id for m in held} & {m.id for m in other.messages}
+                        await other.finish(
+                            [MessageOutcome(m.id, frozenset()) for m in other.messages], [], now
+                        )
+                    if db.dialect == "postgresql":
+                        held_ids = {m.id for m in held}
+                        during = await versions()
+                        assert {i: during[i] for i in held_ids} == {i: before[i] for i in held_ids}
+                    raise RuntimeError("publisher crashed")
+
+            with pytest.raises(RuntimeError, match="publisher crashed"):
+                await crash_mid_batch()
+            after = await versions()
+            finished = {m.id for m in messages} - {m.id for m in held}
+            assert all(after[i].endswith("1") for i in finished)  # one attempt counted
+            later = now + timedelta(seconds=31)
+            async with second.claimed_messages(10, 30.0, now) as again:
+                due_now = {m.id for m in again.messages}
+            if db.dialect == "postgresql":
+                assert due_now == {m.id for m in held}  # given back at once
+                assert {after[i] for i in due_now} == {before[i] for i in due_now}
+                async with second.claimed_messages(10, 30.0, now) as again:
+                    assert {m.attempts for m in again.messages} == {1}  # nothing counted
+                    await again.finish(
+                        [MessageOutcome(m.id, frozenset()) for m in again.messages], [], now
+                    )
+            else:
+                assert due_now == set()  # leased
+                async with second.claimed_messages(10, 30.0, later) as again:
+                    assert {m.id for m in again.messages} == {m.id for m in held}
+                    assert {m.attempts for m in again.messages} == {2}
+                    await again.finish(
+                        [MessageOutcome(m.id, frozenset()) for m in again.messages], [], later
+                    )
+            left = [r for r in await rows(db.url, outbox_messages) if r.dispatched_at is None]
+            assert left == []
+        finally:
+            await first.close()
+            await second.close()
 
     asyncio.run(scenario())
 

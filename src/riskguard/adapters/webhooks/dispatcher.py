@@ -2,7 +2,8 @@
 
 Two loops run side by side:
 
-- **Fan-out.** Lease a batch of due outbox messages; create one delivery per message and
+- **Fan-out.** Claim a batch of due outbox messages (row locks held by the batch's transaction
+  on PostgreSQL, a lease on SQLite); create one delivery per message and
   matching enabled subscription (ids derived from both, so doing it twice changes nothing);
   publish the batch as CloudEvents to every configured stream not yet done for it; then, in one
   transaction, store the deliveries and mark each message dispatched — or, when a stream failed,
@@ -15,11 +16,13 @@ Two loops run side by side:
   dead. ``410 Gone`` makes the delivery dead at once and disables the subscription; a
   ``Retry-After`` from ``429``/``503`` is honoured (within the cap).
 
-Crash safety comes from the leases (``store``): a delivery is marked delivered only after its
-``2xx``; a dispatcher killed mid-attempt leaves the delivery to be claimed again when its lease
-expires, and it is sent again with the same ``webhook-id`` — receivers that de-duplicate on that
-id see each delivery exactly once. Published events likewise may be published twice, with the
-same CloudEvents id (JetStream drops the copy by ``Nats-Msg-Id``).
+Crash safety comes from the claims (``store``): a message whose batch did not finish is due
+again (at once on PostgreSQL, when its lease runs out on SQLite), and a delivery is marked
+delivered only after its ``2xx``; a dispatcher killed mid-attempt leaves the delivery to be
+claimed again when its lease expires, and it is sent again with the same ``webhook-id`` —
+receivers that de-duplicate on that id see each delivery exactly once. Published events
+likewise may be published twice, with the same CloudEvents id (JetStream drops the copy by
+``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
@@ -249,30 +252,31 @@ class Dispatcher:
     async def dispatch_messages(self) -> int:
         """Fan out one batch of due messages; how many were claimed."""
         now = self._now()
-        claimed = await self.store.claim_messages(self._batch, self.config.lease_s, now)
-        if not claimed:
-            return 0
-        subscriptions: dict[str, list[Subscription]] = defaultdict(list)
-        for sub in await self.store.enabled_subscriptions([m.tenant_id for m in claimed]):
-            subscriptions[sub.tenant_id].append(sub)
-        deliveries = [
-            NewDelivery(delivery_id(m.id, s.id), m.tenant_id, s.id, m.id)
-            for m in claimed
-            for s in subscriptions[m.tenant_id]
-            if s.wants(m.topic, m.payload)
-        ]
-        done, errors, timed_out = await self._publish(claimed)
-        self._adapt(len(claimed), timed_out)
-        finished = self._now()
-        outcomes = []
-        for m in claimed:
-            error = errors.get(m.id)
-            retry_at = None
-            if error is not None:
-                delay = self.config.publish_retry.delay(m.attempts, self._rng)
-                retry_at = finished + timedelta(seconds=delay)
-            outcomes.append(MessageOutcome(m.id, frozenset(done[m.id]), error, retry_at))
-        await self.store.finish_messages(outcomes, deliveries, finished)
+        async with self.store.claimed_messages(self._batch, self.config.lease_s, now) as batch:
+            claimed = batch.messages
+            if not claimed:
+                return 0
+            subscriptions: dict[str, list[Subscription]] = defaultdict(list)
+            for sub in await self.store.enabled_subscriptions([m.tenant_id for m in claimed]):
+                subscriptions[sub.tenant_id].append(sub)
+            deliveries = [
+                NewDelivery(delivery_id(m.id, s.id), m.tenant_id, s.id, m.id)
+                for m in claimed
+                for s in subscriptions[m.tenant_id]
+                if s.wants(m.topic, m.payload)
+            ]
+            done, errors, timed_out = await self._publish(claimed)
+            self._adapt(len(claimed), timed_out)
+            finished = self._now()
+            outcomes = []
+            for m in claimed:
+                error = errors.get(m.id)
+                retry_at = None
+                if error is not None:
+                    delay = self.config.publish_retry.delay(m.attempts, self._rng)
+                    retry_at = finished + timedelta(seconds=delay)
+                outcomes.append(MessageOutcome(m.id, frozenset(done[m.id]), error, retry_at))
+            await batch.finish(outcomes, deliveries, finished)
         if deliveries:
             self._deliveries_due.set()
         return len(claimed)

@@ -9,7 +9,7 @@ Event filters are topic patterns: an exact topic (``decision.created``), a famil
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -107,7 +107,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedMessage:
-    """An outbox message a dispatcher holds (leased) for fan-out."""
+    """An outbox message a dispatcher holds (locked or leased) for fan-out."""
 
     id: str
     tenant_id: str
@@ -127,6 +127,15 @@ class MessageOutcome:
     sinks_done: frozenset[str]
     error: str | None = None
     retry_at: datetime | None = None  # None: dispatched
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBatch:
+    """Messages claimed together, and how to record their outcomes (``finish(outcomes,
+    deliveries, now)``: create the deliveries, mark each message dispatched or due again)."""
+
+    messages: list[ClaimedMessage]
+    finish: Callable[[Sequence[MessageOutcome], Sequence[NewDelivery], datetime], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,24 @@
 """``WebhookStore``: subscriptions, deliveries and the dispatcher's claims, in SQL.
 
-Claims are leases. Claiming a batch is one short write: the rows' ``attempts`` go up and their
-``next_attempt_at`` moves to the end of the lease, so no other dispatcher takes them while the
-work (an HTTP call, a stream publish) runs outside any transaction; the result is written in a
-second short transaction. A dispatcher that dies mid-work leaves its rows to be claimed again
-when the lease runs out — the same delivery, with the same id. On PostgreSQL the claim's
-inner SELECT takes ``FOR UPDATE SKIP LOCKED``, so dispatchers claiming at the same moment take
-disjoint batches instead of queueing on each other's row locks; on SQLite the claim is one
-UPDATE statement, which holds the database's write lock from its start.
+Outbox messages are claimed for fan-out differently per database
+(:meth:`WebhookStore.claimed_messages`). On PostgreSQL the claim is a row lock, ``FOR NO KEY
+UPDATE SKIP LOCKED``, held by one transaction on one pooled connection from the claim to the
+outcomes, while the publishers work on other connections: concurrent dispatchers take disjoint
+batches, a message's row is rewritten once (its outcome, which also counts the attempt) instead
+of twice (a lease, then the outcome, each a new row version with new index entries), and a
+dispatcher that dies releases its batch with its connection. On SQLite, where a transaction
+held across the publish would hold the database's one write lock and stop every decision, the
+claim is a lease — one UPDATE moving ``next_attempt_at`` to the lease's end and counting the
+attempt — and the outcomes a second short transaction; a dispatcher that dies leaves its rows
+to be claimed again when the lease runs out.
 
-The fan-out's two writes run on PostgreSQL as raw asyncpg statements on a pooled connection,
-in autocommit when each is one statement (so atomic on its own): the claim, and the outcomes
-of a whole batch — usually one ``UPDATE ... WHERE id = ANY(...)`` for hundreds of messages,
-where SQLAlchemy's executemany would process and execute one UPDATE per message. A batch
-that creates deliveries or mixes outcomes writes them all in one transaction.
+Webhook deliveries are leases on both: the work (an HTTP call) runs outside any transaction, a
+dispatcher that dies mid-attempt leaves the delivery to be claimed again when its lease runs
+out — the same delivery, with the same id.
+
+The fan-out's outcomes are written on PostgreSQL as raw asyncpg statements, not through
+SQLAlchemy: usually one ``UPDATE ... WHERE id = ANY(...)`` for hundreds of messages, where
+SQLAlchemy's executemany would process and execute one UPDATE per message.
 
 Every failure to reach the database becomes
 :class:`~riskguard.ports.DependencyUnavailable` (with the database named, never its password).
@@ -22,7 +27,8 @@ Every failure to reach the database becomes
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -47,6 +53,7 @@ from riskguard.adapters.webhooks.models import (
     ClaimedMessage,
     Delivery,
     DueDelivery,
+    MessageBatch,
     MessageOutcome,
     NewDelivery,
     SecretRecord,
@@ -269,29 +276,71 @@ class WebhookStore:
 
     # -- the dispatcher: messages ------------------------------------------------------------
 
-    async def claim_messages(
+    @contextlib.asynccontextmanager
+    async def claimed_messages(
+        self, limit: int, lease_s: float, now: datetime
+    ) -> AsyncIterator[MessageBatch]:
+        """Up to ``limit`` undispatched messages that are due, oldest first, held for fan-out
+        until the block ends; record their outcomes with :meth:`MessageBatch.finish` inside it.
+
+        PostgreSQL: one transaction from the claim to the outcomes. The claim is a row lock
+        (``FOR NO KEY UPDATE SKIP LOCKED``: concurrent dispatchers take disjoint batches) rather
+        than a lease written into the rows, so a message is rewritten once (its outcome), not
+        twice, and a dispatcher that dies leaves nothing to wait for: its locks go with its
+        connection. Leaving the block by an exception rolls the batch back (due again at once).
+        SQLite: a lease (``lease_s``), as :meth:`finish_messages` documents; the work between
+        claim and outcome holds no lock there, so decisions are never kept waiting behind it."""
+        if self.dialect != "postgresql":
+            yield MessageBatch(await self._lease_messages(limit, lease_s, now), self._finish_leased)
+            return
+        try:
+            async with self._engine.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                transaction = raw.transaction()
+                await transaction.start()
+                try:
+                    rows = await raw.fetch(_PG_LOCK_MESSAGES, utc(now), limit)
+                    claimed = [
+                        ClaimedMessage(
+                            id=row[0],
+                            tenant_id=row[1],
+                            topic=row[2],
+                            subject=row[3],
+                            payload=loads(row[4]),
+                            created_at=row[5],
+                            attempts=row[6] + 1,
+                            sinks_done=frozenset(row[7].split(",")) if row[7] else _NO_SINKS,
+                        )
+                        for row in rows
+                    ]
+                    claimed.sort(key=_message_order)
+
+                    async def finish(
+                        outcomes: Sequence[MessageOutcome],
+                        deliveries: Sequence[NewDelivery],
+                        at: datetime,
+                    ) -> None:
+                        for statement, args in _pg_finish_statements(outcomes, deliveries, utc(at)):
+                            await raw.execute(statement, *args)
+
+                    yield MessageBatch(claimed, finish)
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                await transaction.commit()
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(None, None, exc) from exc
+        except Exception as exc:
+            if is_db_error(exc):
+                raise DependencyUnavailable(
+                    f"database {self._where} is unavailable ({error_kind(exc)})"
+                ) from None
+            raise
+
+    async def _lease_messages(
         self, limit: int, lease_s: float, now: datetime
     ) -> list[ClaimedMessage]:
-        """Lease up to ``limit`` undispatched messages that are due, oldest first."""
-        if self.dialect == "postgresql":
-            rows = await self._raw(
-                _PG_CLAIM_MESSAGES, utc(now), utc(now) + timedelta(seconds=lease_s), limit
-            )
-            claimed = [
-                ClaimedMessage(
-                    id=row[0],
-                    tenant_id=row[1],
-                    topic=row[2],
-                    subject=row[3],
-                    payload=loads(row[4]),
-                    created_at=row[5],
-                    attempts=row[6],
-                    sinks_done=frozenset(row[7].split(",")) if row[7] else _NO_SINKS,
-                )
-                for row in rows
-            ]
-            claimed.sort(key=_message_order)
-            return claimed
+        """SQLite: lease up to ``limit`` undispatched messages that are due, oldest first."""
         due = (
             select(_m.id)
             .where(_m.dispatched_at.is_(None), _m.next_attempt_at <= utc(now))
@@ -348,19 +397,16 @@ class WebhookStore:
         )
         return [_subscription(row) for row in rows]
 
-    async def finish_messages(
+    async def _finish_leased(
         self,
         outcomes: Sequence[MessageOutcome],
         deliveries: Sequence[NewDelivery],
         now: datetime,
     ) -> None:
-        """In one transaction: create ``deliveries`` (those that exist already are kept as
-        they are) and record each message's outcome (dispatched, or due again later)."""
+        """SQLite, after :meth:`_lease_messages`: in one transaction, create ``deliveries``
+        (those that exist already are kept as they are) and record each message's outcome
+        (dispatched, or due again later)."""
         at = utc(now)
-        if self.dialect == "postgresql":
-            if outcomes or deliveries:
-                await self._finish_pg(outcomes, deliveries, at)
-            return
         insert = self._insert(webhook_deliveries).on_conflict_do_nothing(index_elements=["id"])
         delivery_rows = [
             {
@@ -403,61 +449,6 @@ class WebhookStore:
                 await conn.execute(finish, outcome_rows)
 
         await self._run(work, write=True)
-
-    async def _finish_pg(
-        self, outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery], at: datetime
-    ) -> None:
-        """PostgreSQL: the outcomes in a statement or two, not one per message: messages
-        dispatched with the same streams done (the usual batch: all of them) as one
-        ``UPDATE ... WHERE id = ANY($1)``, the others as one ``UPDATE ... FROM unnest(...)``;
-        in one transaction with the deliveries' insert and each other when there is more
-        than one statement."""
-        dispatched: dict[frozenset[str], list[str]] = {}
-        retried: list[MessageOutcome] = []
-        for o in outcomes:
-            if o.retry_at is None and o.error is None:
-                dispatched.setdefault(o.sinks_done, []).append(o.id)
-            else:
-                retried.append(o)
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        if deliveries:
-            statements.append(
-                (
-                    _PG_INSERT_DELIVERIES,
-                    (
-                        [d.id for d in deliveries],
-                        [d.tenant_id for d in deliveries],
-                        [d.subscription_id for d in deliveries],
-                        [d.message_id for d in deliveries],
-                        at,
-                    ),
-                )
-            )
-        for sinks, ids in dispatched.items():
-            statements.append((_PG_DISPATCHED, (ids, ",".join(sorted(sinks)), at)))
-        if retried:
-            statements.append(
-                (
-                    _PG_FINISH_MESSAGES,
-                    (
-                        [o.id for o in retried],
-                        [",".join(sorted(o.sinks_done)) for o in retried],
-                        [at if o.retry_at is None else None for o in retried],
-                        [at if o.retry_at is None else utc(o.retry_at) for o in retried],
-                        [o.error for o in retried],
-                    ),
-                )
-            )
-
-        async def work(conn: Any) -> None:
-            if len(statements) == 1:  # one statement: atomic in autocommit
-                await conn.execute(statements[0][0], *statements[0][1])
-                return
-            async with conn.transaction():
-                for statement, args in statements:
-                    await conn.execute(statement, *args)
-
-        await self._on_driver(work)
 
     # -- the dispatcher: deliveries ----------------------------------------------------------
 
@@ -620,23 +611,24 @@ class WebhookStore:
 
 _NO_SINKS: frozenset[str] = frozenset()
 
-# The PostgreSQL claim as one autocommitted statement: SKIP LOCKED keeps concurrent
-# dispatchers on disjoint rows; the lease is the new next_attempt_at.
-_PG_CLAIM_MESSAGES = (
-    "UPDATE outbox_messages SET attempts = attempts + 1, next_attempt_at = $2 "
-    "WHERE id IN (SELECT id FROM outbox_messages WHERE dispatched_at IS NULL "
-    "AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, tenant_id, topic, subject, payload::text, created_at, attempts, sinks_done"
+# The PostgreSQL claim: row locks held by the batch's transaction. SKIP LOCKED keeps
+# concurrent dispatchers on disjoint rows; NO KEY UPDATE is enough (ids never change) and does
+# not conflict with the key-share locks of the deliveries inserted for the same messages.
+_PG_LOCK_MESSAGES = (
+    "SELECT id, tenant_id, topic, subject, payload::text, created_at, attempts, sinks_done "
+    "FROM outbox_messages WHERE dispatched_at IS NULL AND next_attempt_at <= $1 "
+    "ORDER BY next_attempt_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED"
 )
+# The outcomes, which also count the attempt (the claim wrote nothing).
 _PG_FINISH_MESSAGES = (
     "UPDATE outbox_messages AS m SET sinks_done = o.sinks, dispatched_at = o.dispatched, "
-    "next_attempt_at = o.next, last_error = o.error "
+    "next_attempt_at = o.next, last_error = o.error, attempts = m.attempts + 1 "
     "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[]) "
     "AS o(id, sinks, dispatched, next, error) WHERE m.id = o.id"
 )
 _PG_DISPATCHED = (
     "UPDATE outbox_messages SET sinks_done = $2, dispatched_at = $3, next_attempt_at = $3, "
-    "last_error = NULL WHERE id = ANY($1::text[])"
+    "last_error = NULL, attempts = attempts + 1 WHERE id = ANY($1::text[])"
 )
 _PG_INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (id, tenant_id, subscription_id, message_id, state, "
@@ -649,6 +641,52 @@ _PG_INSERT_DELIVERIES = (
 
 def _message_order(m: ClaimedMessage) -> tuple[datetime, str]:
     return (m.created_at, m.id)
+
+
+def _pg_finish_statements(
+    outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery], at: datetime
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """PostgreSQL: a batch's outcomes in a statement or two, not one per message: messages
+    dispatched with the same streams done (the usual batch: all of them) as one
+    ``UPDATE ... WHERE id = ANY($1)``, the others as one ``UPDATE ... FROM unnest(...)``, after
+    the deliveries' insert."""
+    dispatched: dict[frozenset[str], list[str]] = {}
+    retried: list[MessageOutcome] = []
+    for o in outcomes:
+        if o.retry_at is None and o.error is None:
+            dispatched.setdefault(o.sinks_done, []).append(o.id)
+        else:
+            retried.append(o)
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    if deliveries:
+        statements.append(
+            (
+                _PG_INSERT_DELIVERIES,
+                (
+                    [d.id for d in deliveries],
+                    [d.tenant_id for d in deliveries],
+                    [d.subscription_id for d in deliveries],
+                    [d.message_id for d in deliveries],
+                    at,
+                ),
+            )
+        )
+    for sinks, ids in dispatched.items():
+        statements.append((_PG_DISPATCHED, (ids, ",".join(sorted(sinks)), at)))
+    if retried:
+        statements.append(
+            (
+                _PG_FINISH_MESSAGES,
+                (
+                    [o.id for o in retried],
+                    [",".join(sorted(o.sinks_done)) for o in retried],
+                    [at if o.retry_at is None else None for o in retried],
+                    [at if o.retry_at is None else utc(o.retry_at) for o in retried],
+                    [o.error for o in retried],
+                ),
+            )
+        )
+    return statements
 
 
 def _deliveries_query() -> Any:
