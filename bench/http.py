@@ -103,7 +103,12 @@ TARGET_DECISIONS_PER_S: Final = 2_000.0  # (b), on this 2-core machine, load gen
 TARGET_P99_MS: Final = 50.0
 TARGET_RATIO: Final = 0.35  # decisions/s over the same server's /healthz req/s
 TARGET_AFTER_RATIO: Final = 0.8  # sustained decisions/s with the outbox + audit on, over off
-AFTER_LABELS: Final = {"in-process": "dispatcher in the service", "worker": "riskguard worker"}
+AFTER_LABELS: Final = {
+    "in-process": "dispatcher in the service",
+    "worker": "riskguard worker",
+    "worker-nice": "riskguard worker, niced",
+}
+WORKER_MODES: Final = frozenset({"worker", "worker-nice"})
 DRAIN_TIMEOUT_S: Final = 180.0
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 CPUS: Final = os.cpu_count() or 1
@@ -320,7 +325,14 @@ def _reachable(host: str, port: int) -> bool:
 class Server:
     """``python -m riskguard serve`` as a child process, its output in ``log_path``."""
 
-    def __init__(self, backend: Backend, config: ServerConfig, secret: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ServerConfig,
+        secret: str,
+        log_path: Path,
+        worker_nice: int = 0,
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -336,14 +348,17 @@ class Server:
             # configuration with what follows a decision (outbox, dispatcher, audit) on.
             RISKGUARD_OUTBOX="true" if config.after else "false",
             RISKGUARD_AUDIT="true" if config.after else "false",
-            RISKGUARD_DISPATCHER="false" if config.after == "worker" else "true",
+            RISKGUARD_DISPATCHER="false" if config.after in WORKER_MODES else "true",
             RISKGUARD_AUDIT_SIGNING_KEY=str(log_path.parent / "audit.key"),
         )
         if backend.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = backend.redis_url
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
-        self.with_worker = config.after == "worker"
+        self.with_worker = config.after in WORKER_MODES
+        # "worker-nice": the worker as a background job (the service's requests go first when
+        # both want a CPU), as bench/gateway.py runs it by default
+        self.worker_nice = worker_nice if config.after == "worker-nice" else 0
         self.worker: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
@@ -356,8 +371,9 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
             if self.with_worker:
+                nice = ["nice", "-n", str(self.worker_nice)] if self.worker_nice else []
                 self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "riskguard", "worker"],
+                    [*nice, sys.executable, "-m", "riskguard", "worker"],
                     env=self.env | {"RISKGUARD_AUTO_MIGRATE": "false"},
                     cwd=ROOT,
                     stdout=log,
@@ -897,6 +913,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "service and in a `riskguard worker` process (the other rows run with them off); "
         "prints their sustained throughput as a ratio to the run with them off",
     )
+    parser.add_argument(
+        "--after-modes",
+        nargs="+",
+        choices=tuple(AFTER_LABELS),
+        default=list(AFTER_LABELS),
+        help="--after-decision: the layouts to run (worker-nice: the worker under nice)",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="the worker's nice value in the worker-nice layout",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -999,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.after_decision:
             configs += [
                 ServerConfig("postgresql", 1, False, (args.connections,), after=mode)
-                for mode in AFTER_LABELS
+                for mode in args.after_modes
             ]
     log_configs = [
         ServerConfig(c.backend, c.workers, True, (args.connections,))
@@ -1039,7 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f"server-{config.backend}-w{config.workers}"
         suffix = ("-accesslog" if config.access_log else "") + ("-after" if config.after else "")
         log_path = log_dir / f"{name}{suffix}-{label}.log"
-        server = Server(backend, config, secret, log_path)
+        server = Server(backend, config, secret, log_path, worker_nice=args.worker_nice)
         wait_for_quiet(cpus, args.quiet_below, args.max_wait)
         source = source_digest()
         err.log(f"{label}: starting {config.name} (source {source})")
@@ -1078,7 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"kernel {decided.cpu.kernel:.0f}% other {other:.0f}%"
                         + (
                             f"; per server process {list(decided.cpu.server_split)}"
-                            if config.workers > 1 or config.after == "worker"
+                            if config.workers > 1 or config.after in WORKER_MODES
                             else ""
                         )
                         + (
@@ -1187,6 +1216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workers": args.workers,
             "warmup_s": args.warmup,
             "quiet_below_pct": args.quiet_below,
+            "after_modes": args.after_modes if args.after_decision else [],
+            "worker_nice": args.worker_nice,
             "max_wait_s": args.max_wait,
             "max_other_pct": args.max_other,
             "retries": args.retries,
@@ -1472,6 +1503,8 @@ def print_after_decision(
     )
     results: dict[str, Any] = {"off_decisions_per_s": round(off_rate, 1), "modes": {}}
     for mode, label in AFTER_LABELS.items():
+        if mode == "worker-nice":
+            label = f"riskguard worker, nice {args.worker_nice}"
         pairs = runs.get((ServerConfig("postgresql", 1, False, (conns,), after=mode), conns))
         if not pairs:
             continue
