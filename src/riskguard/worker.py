@@ -18,6 +18,7 @@ webhook secrets) and runs until SIGTERM or SIGINT, finishing the work in hand.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from typing import Any
@@ -47,7 +48,15 @@ async def run_worker(settings: Any, stop: asyncio.Event | None = None) -> None:
     log = structlog.get_logger("riskguard.worker")
     try:
         await container.start()
-        log.info("worker_started", publishers=_publisher_names(container))
+        if settings.gc_tuning:  # as the service does after its start-up (riskguard.gc_tuning)
+            from riskguard.gc_tuning import tune_gc
+
+            tune_gc()
+        log.info(
+            "worker_started",
+            publishers=_publisher_names(container),
+            gc_frozen=gc.get_freeze_count(),
+        )
         await stopping.wait()
     finally:
         for sig in handled:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_the_worker_does_what_the_service_left_in_the_outbox(
 
     worker = subprocess.Popen(
         [sys.executable, "-m", "riskguard", "worker"],
-        env=backend.env(),
+        env=backend.env() | {"RISKGUARD_LOG_LEVEL": "info"},  # worker_started is at info
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -134,6 +135,10 @@ def test_the_worker_does_what_the_service_left_in_the_outbox(
         output = worker.communicate(timeout=30)[0].decode()
     assert worker.returncode == 0, output
     assert "Traceback" not in output, output
+    # start-up's objects frozen out of the collector's walks, as in the service
+    frozen = re.search(r'"?gc_frozen"?[=:]\s*(\d+)', output)
+    assert frozen is not None, output
+    assert int(frozen.group(1)) > 10_000, output
 
 
 def test_the_worker_refuses_bad_settings_with_a_clear_error(backend: Backend) -> None:

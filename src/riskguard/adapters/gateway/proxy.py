@@ -251,7 +251,7 @@ class Gateway:
             else rate_limit_of(service_limit, self.default_limit),
         )
         if self.settings.gc_tuning:
-            from riskguard.adapters.http.app import tune_gc
+            from riskguard.gc_tuning import tune_gc
 
             tune_gc()
 

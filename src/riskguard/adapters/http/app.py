@@ -8,7 +8,6 @@ FastAPI's models. Every error is an RFC 9457 problem (``application/problem+json
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from riskguard.adapters.http.schemas import (
 )
 from riskguard.engine.events import InvalidEventError
 from riskguard.engine.rules import PackIssue, RulePackError, RuleSpec, pack_version
+from riskguard.gc_tuning import tune_gc
 from riskguard.ports import DecisionQuery, DecisionRecord, DependencyUnavailable, RulesetVersion
 from riskguard.services.auth import AuthError, ForbiddenError
 from riskguard.services.decisions import (
@@ -185,24 +185,6 @@ async def handle_decision(
     if result.replayed:
         metrics.replays.inc()
     return _json(decision_out(result.record, replayed=result.replayed, recorded=result.recorded))
-
-
-def tune_gc() -> None:
-    """Freeze what start-up left alive and make young collections rarer.
-
-    A full (generation 2) collection walks every tracked object; after start-up that is some
-    150,000 module-level functions, types and tuples that never die, and walking them stalled
-    the event loop for 60-90 ms several times a minute under load — the whole p99 tail.
-    ``gc.freeze`` moves them to the permanent generation, which collections skip. Objects made
-    later (per-request garbage, cycles) are still collected as before.
-    """
-    gc.collect()
-    gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
-
-
-GC_GEN0_THRESHOLD = 10_000
 
 
 def create_app(container: Any) -> ServiceMiddleware:
