@@ -693,6 +693,50 @@ def test_two_dispatchers_share_the_work_and_never_send_twice(db: Db, receiver: R
     asyncio.run(scenario())
 
 
+def test_a_claim_reads_only_its_batch_however_stale_the_statistics(fresh_pg_url: str) -> None:
+    """PostgreSQL: a backlog of 3,000 in an outbox never analyzed (a new one, or any whose
+    backlog outgrew its last statistics), for which the planner expects a few dozen due rows.
+    The claim must still walk the due index in order and stop at its limit; left to the
+    planner (the control) it fetches the whole backlog and sorts it under the row locks."""
+    from riskguard.adapters.webhooks.store import _PG_LOCK_MESSAGES, _PG_QUEUE_PLAN
+
+    upgrade(fresh_pg_url)
+    tenant_id = asyncio.run(_tenant(fresh_pg_url, "acme"))
+
+    async def scenario() -> tuple[str, str, int]:
+        conn = await asyncpg.connect(fresh_pg_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await put(fresh_pg_url, [decision_message(record(tenant_id)) for _ in range(3_000)])
+            plans = []
+            for setting in ("", _PG_QUEUE_PLAN):
+                async with conn.transaction():
+                    if setting:
+                        await conn.execute(setting)
+                    plan = await conn.fetchval(
+                        "EXPLAIN (ANALYZE, FORMAT JSON) " + _PG_LOCK_MESSAGES,
+                        datetime.now(UTC),
+                        50,
+                    )
+                    plans.append(plan)
+            async with conn.transaction():
+                await conn.execute(_PG_QUEUE_PLAN)
+                claimed = len(await conn.fetch(_PG_LOCK_MESSAGES, datetime.now(UTC), 50))
+            return plans[0], plans[1], claimed
+        finally:
+            await conn.close()
+
+    control, planned, claimed = asyncio.run(scenario())
+    assert claimed == 50
+    assert '"Sort"' in control, control  # the failure mode is there to be avoided
+    assert '"Sort"' not in planned, planned
+    assert "ix_outbox_messages_due" in planned, planned
+    scanned = json.loads(planned)[0]["Plan"]
+    while scanned.get("Plans"):
+        scanned = scanned["Plans"][0]
+    assert scanned["Node Type"] == "Index Scan", planned
+    assert scanned["Actual Rows"] <= 50, planned
+
+
 def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(db: Db) -> None:
     """Two claims at once take disjoint messages. On PostgreSQL the claim writes nothing (a row
     lock, not a lease: the rows keep their version until the outcome, which counts the
