@@ -107,8 +107,9 @@ AFTER_LABELS: Final = {
     "in-process": "dispatcher in the service",
     "worker": "riskguard worker",
     "worker-nice": "riskguard worker, niced",
+    "deferred": "riskguard worker, stopped during the load",
 }
-WORKER_MODES: Final = frozenset({"worker", "worker-nice"})
+WORKER_MODES: Final = frozenset({"worker", "worker-nice", "deferred"})
 DRAIN_TIMEOUT_S: Final = 180.0
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 CPUS: Final = os.cpu_count() or 1
@@ -370,15 +371,8 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            if self.with_worker:
-                nice = ["nice", "-n", str(self.worker_nice)] if self.worker_nice else []
-                self.worker = subprocess.Popen(
-                    [*nice, sys.executable, "-m", "riskguard", "worker"],
-                    env=self.env | {"RISKGUARD_AUTO_MIGRATE": "false"},
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+        if self.with_worker:
+            self.start_worker()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -398,6 +392,30 @@ class Server:
         self.stop()
         raise RuntimeError(f"the server was not ready in {timeout:g} s; see {self.log_path}")
 
+    def start_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            return
+        nice = ["nice", "-n", str(self.worker_nice)] if self.worker_nice else []
+        with open(self.log_path, "ab") as log:
+            self.worker = subprocess.Popen(
+                [*nice, sys.executable, "-m", "riskguard", "worker"],
+                env=self.env | {"RISKGUARD_AUTO_MIGRATE": "false"},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop_worker(self) -> None:
+        """("deferred") the worker stopped for the load run; the backlog waits for it."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        self.worker = None
+
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -409,7 +427,7 @@ class Server:
         return (self.worker.pid,) if self.worker is not None else ()
 
     def alive(self) -> bool:
-        procs = [self.process, self.worker] if self.with_worker else [self.process]
+        procs = [self.process, self.worker] if self.worker is not None else [self.process]
         return all(p is not None and p.poll() is None for p in procs)
 
     def stop(self) -> None:
@@ -433,29 +451,34 @@ class Stores:
     def count(self, url: str, tenant_id: str) -> int:
         return self._runner.run(self._count(url, tenant_id))
 
-    async def _count(self, url: str, tenant_id: str) -> int:
+    async def _store(self, url: str) -> SqlDecisionStore:
         store = self._stores.get(url)
         if store is None:
             store = self._stores[url] = SqlDecisionStore(url)
             await store.start()
-        return await store.count(tenant_id)
+        return store
+
+    async def _count(self, url: str, tenant_id: str) -> int:
+        return await (await self._store(url)).count(tenant_id)
 
     def pending(self, url: str, tenant_id: str) -> int:
         """Outbox messages of the tenant not yet dispatched (alerts, audit, streams to do)."""
-        return self._runner.run(self._pending(url, tenant_id))
+        return self._runner.run(self._pending(url, tenant_id, count=True))
 
-    async def _pending(self, url: str, tenant_id: str) -> int:
+    async def _pending(self, url: str, tenant_id: str, *, count: bool) -> int:
+        """The backlog (``count``), or 1 / 0: whether any is left — the cheap probe polled
+        while the dispatcher drains, whose CPU would otherwise be taken from it (a count of
+        a large backlog, or of the tenant's decisions, costs milliseconds a poll)."""
         import sqlalchemy as sa
 
-        await self._count(url, tenant_id)  # opens the store
-        async with self._stores[url].engine.connect() as conn:
-            result = await conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM outbox_messages "
-                    "WHERE tenant_id = :t AND dispatched_at IS NULL"
-                ),
-                {"t": tenant_id},
-            )
+        query = (
+            "SELECT count(*) FROM outbox_messages WHERE tenant_id = :t AND dispatched_at IS NULL"
+            if count
+            else "SELECT count(*) FROM (SELECT 1 FROM outbox_messages "
+            "WHERE tenant_id = :t AND dispatched_at IS NULL LIMIT 1) AS any_left"
+        )
+        async with (await self._store(url)).engine.connect() as conn:
+            result = await conn.execute(sa.text(query), {"t": tenant_id})
             return int(result.scalar_one())
 
     def drain(
@@ -464,12 +487,16 @@ class Stores:
         """(backlog, seconds until the dispatcher had done all of it): from now, or from
         ``since`` = (monotonic time, backlog then), e.g. the end of a load run."""
         started, backlog = since or (time.monotonic(), self.pending(url, tenant_id))
-        left = backlog if backlog == 0 else self.pending(url, tenant_id)
-        while left and time.monotonic() - started < DRAIN_TIMEOUT_S:
+
+        def left() -> int:
+            return self._runner.run(self._pending(url, tenant_id, count=False))
+
+        remaining = left() if backlog else 0
+        while remaining and time.monotonic() - started < DRAIN_TIMEOUT_S:
             time.sleep(0.25)
-            left = self.pending(url, tenant_id)
+            remaining = left()
         return backlog, (time.monotonic() - started if backlog else 0.0) + (
-            math.inf if left else 0.0
+            math.inf if remaining else 0.0
         )
 
     def settled_count(self, url: str, tenant_id: str, timeout: float = 10.0) -> int:
@@ -917,8 +944,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--after-modes",
         nargs="+",
         choices=tuple(AFTER_LABELS),
-        default=list(AFTER_LABELS),
-        help="--after-decision: the layouts to run (worker-nice: the worker under nice)",
+        default=["in-process", "worker", "worker-nice"],
+        help="--after-decision: the layouts to run (worker-nice: the worker under nice; "
+        "deferred, a diagnostic: the worker stopped during the load and started for the drain, "
+        "which shows the service's own cost of the outbox apart from the worker's competition)",
     )
     parser.add_argument(
         "--worker-nice",
@@ -1079,7 +1108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for conns in config.connections:
                 for attempt in range(1, args.retries + 2):
                     if config.after:  # start with nothing left to dispatch (warm-up, retries)
+                        server.start_worker()
                         stores.drain(backend.database_url, backend.tenant_id)
+                    if config.after == "deferred":
+                        server.stop_worker()
                     busy, waited = wait_for_quiet(cpus, args.quiet_below, args.max_wait)
                     health = go(server, "healthz", conns, args.duration)
                     before = stores.settled_count(backend.database_url, backend.tenant_id)
@@ -1090,12 +1122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if config.after
                         else None
                     )
-                    after = stores.settled_count(backend.database_url, backend.tenant_id)
-                    decided.rows_added = after - before
-                    if ended is not None:
+                    if config.after == "deferred":
+                        server.start_worker()
+                    if ended is not None:  # first: the counts below would compete with it
                         decided.backlog, decided.drain_s = stores.drain(
                             backend.database_url, backend.tenant_id, since=ended
                         )
+                    after = stores.settled_count(backend.database_url, backend.tenant_id)
+                    decided.rows_added = after - before
                     other = max(health.cpu.other, decided.cpu.other)
                     err.log(
                         f"  {config.name}, {conns} conns: healthz {health.per_s:,.0f}/s, "
