@@ -323,6 +323,17 @@ def _reachable(host: str, port: int) -> bool:
     return True
 
 
+def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a child that is still running, then SIGKILL it after 20 s."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Server:
     """``python -m riskguard serve`` as a child process, its output in ``log_path``."""
 
@@ -407,13 +418,7 @@ class Server:
 
     def stop_worker(self) -> None:
         """("deferred") the worker stopped for the load run; the backlog waits for it."""
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+        _terminate(self.worker)
         self.worker = None
 
     @property
@@ -432,13 +437,7 @@ class Server:
 
     def stop(self) -> None:
         for process in (self.process, self.worker):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            _terminate(process)
 
 
 class Stores:
