@@ -51,8 +51,10 @@ def canonical_json(value: Any) -> bytes:
 # orjson prints a float as Python's repr does, which is ECMAScript's text except for an
 # integral float (``1.0``, ``-0.0``) and an exponent form (``1e+16``, ``1e-06`` -> ``1e-6``;
 # the exponent always carries its sign). Inside a container every number is followed by ``,``
-# ``}`` or ``]``, so ``e-``, ``e+`` and ``.0`` before one of those find every such float;
-# found in a string instead, they send the value down the exact path: slower, never wrong.
+# ``}`` or ``]``, so ``e-``, ``e+`` and ``.0`` before one of those find every such float. An
+# exponent, even one found in a string, sends the value down the exact path: slower, never
+# wrong. An integral float (a score of ``0.0``, common in decisions) is rewritten in place
+# when the text shows it is outside every string (see _integral_floats_as_integers).
 _FAST_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
@@ -65,8 +67,8 @@ def canonical_json_of_json(value: Any) -> bytes:
     text is ASCII (code point order is UTF-16 order), no integer exceeds 2**53 - 1
     (``OPT_STRICT_INTEGER`` refuses it), no float prints differently (see the
     comment above) and the nesting is within :data:`MAX_DEPTH` (bounded by counting
-    brackets). Whenever one of those is not certain, the exact path runs (and raises where
-    it would)."""
+    brackets); an integral float's ``X.0`` becomes ``X``. Whenever one of those is not
+    certain, the exact path runs (and raises where it would)."""
     kind = type(value)
     if kind is dict or kind is list:
         try:
@@ -77,26 +79,44 @@ def canonical_json_of_json(value: Any) -> bytes:
             out.isascii()
             and b"e-" not in out
             and b"e+" not in out
-            and not _integral_float(out)
             and out.count(b"{") + out.count(b"[") <= MAX_DEPTH
         ):
-            return out
+            fast = _integral_floats_as_integers(out)
+            if fast is not None:
+                return fast
     return canonical_json(value)
 
 
 _NUMBER_ENDS = frozenset(b",}]")
+_AFTER_VALUE_START = frozenset(b":,[")
 
 
-def _integral_float(out: bytes) -> bool:
-    """Whether ``out`` (an object or array) may hold a float printed ``X.0``: ``.0`` right
-    before the end of a value. One scan for ``.0`` (each byte scanned costs, and ``.0`` is
-    rare), then a look at the byte after each one found."""
+def _integral_floats_as_integers(out: bytes) -> bytes | None:
+    """``out`` (an object or array, ASCII, no exponents) with every float printed ``X.0``
+    written as ECMAScript prints it, ``X`` (``-0.0`` as ``0``); None when that is not certain.
+
+    A ``.0`` right before ``,``, ``}`` or ``]`` ends a number when it is outside every string,
+    which the parity of the quotes before it tells — as long as no quote is escaped, so a
+    text with a backslash goes to the exact path. One scan for ``.0`` (rare, and each byte
+    scanned costs), then a look at the bytes around each one found."""
     at = out.find(b".0")
+    if at < 0:
+        return out
+    if b"\\" in out:
+        return None
+    parts: list[bytes] = []
+    start = 0
     while at >= 0:
-        if out[at + 2] in _NUMBER_ENDS:  # never out of range: a container ends in } or ]
-            return True
-        at = out.find(b".0", at + 2)
-    return False
+        end = at + 2  # never out of range: a container ends in } or ]
+        if out[end] in _NUMBER_ENDS and out.count(b'"', 0, at) % 2 == 0:
+            if out[at - 2 : at] == b"-0" and out[at - 3] in _AFTER_VALUE_START:
+                parts += (out[start : at - 2], b"0")  # -0.0: ECMAScript prints 0
+            else:
+                parts.append(out[start:at])
+            start = end
+        at = out.find(b".0", end)
+    parts.append(out[start:])
+    return b"".join(parts)
 
 
 class _PathError(Exception):
