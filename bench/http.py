@@ -291,12 +291,16 @@ class ServerConfig:
     # dispatcher in the service process and the audit log on; "worker": the same with the
     # dispatcher in a separate `riskguard worker` process (RISKGUARD_DISPATCHER=false).
     after: str = ""
+    # The events wrk sends (bench/wrk/decisions.lua): "default", every row's, or "mixed", the
+    # after-decision comparison's stated risk mix (--after-workload).
+    workload: str = "default"
 
     @property
     def name(self) -> str:
         log = ", access log" if self.access_log else ""
         after = f", outbox+audit ({AFTER_LABELS[self.after]})" if self.after else ""
-        return f"{self.backend} w{self.workers}{log}{after}"
+        mixed = ", mixed risk" if self.workload == "mixed" else ""
+        return f"{self.backend} w{self.workers}{log}{after}{mixed}"
 
 
 def source_digest() -> str:
@@ -368,6 +372,7 @@ class Server:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.with_worker = config.after in WORKER_MODES
+        self.workload = config.workload
         # "worker-nice": the worker as a background job (the service's requests go first when
         # both want a CPU), as bench/gateway.py runs it by default
         self.worker_nice = worker_nice if config.after == "worker-nice" else 0
@@ -586,6 +591,18 @@ class Run:
     ok_2xx: int | None = None
     backlog: int = 0  # outbox messages still to dispatch when the run ended
     drain_s: float = 0.0  # how long the dispatcher then took to finish them
+    outcomes: dict[str, int] = field(default_factory=dict)  # 2xx answers per outcome
+
+    @property
+    def alerting(self) -> float:
+        """The share of decided answers whose outcome opens or joins an alert (review, block:
+        the default alert policy)."""
+        total = sum(self.outcomes.values())
+        return (
+            (self.outcomes.get("review", 0) + self.outcomes.get("block", 0)) / total
+            if total
+            else 0.0
+        )
 
     @property
     def sustained_per_s(self) -> float:
@@ -623,6 +640,7 @@ def run_wrk(
     timeout: int,
     cpus: int,
     key: str = "",
+    workload_args: Sequence[str] = (),
 ) -> Run:
     script = WRK_DIR / ("decisions.lua" if endpoint == "decisions" else "healthz.lua")
     path = "/v1/decisions" if endpoint == "decisions" else "/healthz"
@@ -637,7 +655,7 @@ def run_wrk(
         server.url + path,
     ]
     if endpoint == "decisions":
-        cmd += ["--", f"r{uuid.uuid4().hex[:12]}", key]
+        cmd += ["--", f"r{uuid.uuid4().hex[:12]}", key, *workload_args]
     before = CpuSample.take(server.pid, server.extra_pids)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     after = CpuSample.take(server.pid, server.extra_pids)
@@ -675,6 +693,11 @@ def run_wrk(
         replayed=int(report["tallies"].get("replayed", 0)),
         cpu=CpuUse.between(before, after, cpus),
         ok_2xx=ok_2xx,
+        outcomes={
+            k.removeprefix("outcome_"): int(v)
+            for k, v in report["tallies"].items()
+            if k.startswith("outcome_")
+        },
     )
 
 
@@ -787,7 +810,11 @@ class Row:
 
     @property
     def judged(self) -> bool:
-        return self.config.backend == "postgresql" and not self.config.after
+        return (
+            self.config.backend == "postgresql"
+            and not self.config.after
+            and self.config.workload == "default"
+        )
 
     def verdicts(self) -> dict[str, bool]:
         v: dict[str, bool] = {}
@@ -954,6 +981,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10,
         help="the worker's nice value in the worker-nice layout",
     )
+    parser.add_argument(
+        "--after-workload",
+        choices=("mixed", "default"),
+        default="mixed",
+        help="--after-decision: the events of the comparison (both sides). mixed: "
+        "--risky-per-mille of the events from 50 accounts in a velocity burst (review/block, "
+        "alerts), the rest from --mixed-accounts accounts paying once each (allowed), run "
+        "against its own off row; default: the other rows' events, where nearly every decision "
+        "alerts once the velocity state has warmed up (the worst case), against the (b) row",
+    )
+    parser.add_argument(
+        "--risky-per-mille",
+        type=int,
+        default=50,
+        help="mixed workload: risky events per 1000 (default 50: 5%%)",
+    )
+    parser.add_argument(
+        "--mixed-accounts",
+        type=int,
+        default=1_000_000,
+        help="mixed workload: the pool of ordinary accounts",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -963,6 +1012,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--warmup, --connections-high and --retries cannot be negative")
     if args.threads > args.connections:
         parser.error("--threads cannot exceed --connections")
+    if not 0 <= args.risky_per_mille <= 1000 or args.mixed_accounts < 1_000:
+        parser.error("--risky-per-mille must be 0..1000 and --mixed-accounts at least 1000")
     return args
 
 
@@ -1054,14 +1105,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         conns = (args.connections,) + ((high,) if high and high != args.connections else ())
         configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
         if args.after_decision:
+            workload = args.after_workload
+            if workload != "default":  # the comparison's own off row
+                configs.append(
+                    ServerConfig("postgresql", 1, False, (args.connections,), workload=workload)
+                )
             configs += [
-                ServerConfig("postgresql", 1, False, (args.connections,), after=mode)
+                ServerConfig(
+                    "postgresql", 1, False, (args.connections,), after=mode, workload=workload
+                )
                 for mode in args.after_modes
             ]
     log_configs = [
         ServerConfig(c.backend, c.workers, True, (args.connections,))
         for c in configs
-        if not c.after
+        if not c.after and c.workload == "default"
     ]
 
     secret = secrets.token_urlsafe(32)
@@ -1077,6 +1135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     background: list[dict[str, Any]] = []  # the machine before each measured pair of runs
 
+    mixed_runs = iter(range(1_000_000))
+
+    def workload_args(server: Server, endpoint: str) -> tuple[str, ...]:
+        if endpoint != "decisions" or server.workload != "mixed":
+            return ()
+        # each run starts 150,001 accounts on: no account pays twice within minutes
+        first = next(mixed_runs) * 150_001 % args.mixed_accounts
+        return (str(args.mixed_accounts), str(args.risky_per_mille), str(first))
+
     def go(server: Server, endpoint: str, conns: int, seconds: int, key: str = "") -> Run:
         return run_wrk(
             wrk,
@@ -1088,6 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             cpus=cpus,
             key=key,
+            workload_args=workload_args(server, endpoint),
         )
 
     lopsided: list[str] = []
@@ -1250,6 +1318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "quiet_below_pct": args.quiet_below,
             "after_modes": args.after_modes if args.after_decision else [],
+            "after_workload": args.after_workload if args.after_decision else None,
+            "risky_per_mille": args.risky_per_mille if args.after_decision else None,
+            "mixed_accounts": args.mixed_accounts if args.after_decision else None,
             "worker_nice": args.worker_nice,
             "max_wait_s": args.max_wait,
             "max_other_pct": args.max_other,
@@ -1511,34 +1582,57 @@ def print_after_decision(
     """Issue 6's ratio: decisions/s with the outbox and audit log on over the same 1-worker
     server with them off, round by round (the pair ran back to back), then the median."""
     conns = args.connections
-    off = runs.get((ServerConfig("postgresql", 1, False, (conns,)), conns))
+    workload = args.after_workload
+    off = runs.get((ServerConfig("postgresql", 1, False, (conns,), workload=workload), conns))
     if off is None:
         return None
+    events = (
+        f"mixed events: {args.risky_per_mille / 10:g}% from accounts in a velocity burst"
+        if workload == "mixed"
+        else "the default events: nearly every decision alerts"
+    )
     table = Table(
         title=f"What follows a decision: (b) 1 worker, {conns} connections, the outbox + audit "
-        "log on vs off (medians of per-round ratios)",
+        f"log on vs off, {events} (medians of per-round ratios)",
         title_justify="left",
     )
-    for column in ("dispatcher", "decisions/s", "p99 ms", "backlog at end", "drained in s"):
+    for column in (
+        "dispatcher",
+        "decisions/s",
+        "p99 ms",
+        "review+block",
+        "backlog at end",
+        "drained in s",
+    ):
         table.add_column(column, justify="right" if column != "dispatcher" else "left")
     for column in ("sustained/s", "ratio (rate)", f"ratio (sustained) >= {TARGET_AFTER_RATIO}"):
         table.add_column(column, justify="right")
     off_rate = _med([d.per_s for _, d in off])
+    off_alerting = _med([d.alerting for _, d in off])
     table.add_row(
         "off",
         f"{off_rate:,.0f}",
         f"{_med([d.p99_ms for _, d in off]):.1f}",
+        f"{off_alerting:.1%}",
         "-",
         "-",
         "-",
         "-",
         "-",
     )
-    results: dict[str, Any] = {"off_decisions_per_s": round(off_rate, 1), "modes": {}}
+    results: dict[str, Any] = {
+        "workload": workload,
+        "risky_per_mille": args.risky_per_mille if workload == "mixed" else None,
+        "mixed_accounts": args.mixed_accounts if workload == "mixed" else None,
+        "off_decisions_per_s": round(off_rate, 1),
+        "off_review_block_share": round(off_alerting, 4),
+        "modes": {},
+    }
     for mode, label in AFTER_LABELS.items():
         if mode == "worker-nice":
             label = f"riskguard worker, nice {args.worker_nice}"
-        pairs = runs.get((ServerConfig("postgresql", 1, False, (conns,), after=mode), conns))
+        config = ServerConfig("postgresql", 1, False, (conns,), after=mode, workload=workload)
+        pairs = runs.get((config, conns))
         if not pairs:
             continue
         n = min(len(pairs), len(off))
@@ -1550,6 +1644,7 @@ def print_after_decision(
             label,
             f"{_med([d.per_s for d in decided]):,.0f}",
             f"{_med([d.p99_ms for d in decided]):.1f}",
+            f"{_med([d.alerting for d in decided]):.1%}",
             f"{_med([d.backlog for d in decided]):,.0f}",
             f"{_med([d.drain_s for d in decided]):.1f}",
             f"{_med([d.sustained_per_s for d in decided]):,.0f}",
@@ -1560,6 +1655,7 @@ def print_after_decision(
             "dispatcher": label,
             "decisions_per_s": round(_med([d.per_s for d in decided]), 1),
             "p99_ms": round(_med([d.p99_ms for d in decided]), 2),
+            "review_block_share": round(_med([d.alerting for d in decided]), 4),
             "backlog": _med([d.backlog for d in decided]),
             "drain_s": round(_med([d.drain_s for d in decided]), 2),
             "sustained_per_s": round(_med([d.sustained_per_s for d in decided]), 1),
@@ -1572,6 +1668,7 @@ def print_after_decision(
         }
     out.print(table)
     out.print(
+        "review+block: the share of decisions whose outcome opens or joins an alert. "
         "backlog: outbox messages (alerts, audit records, stream events still to do) left when "
         "the run ended; sustained = 2xx answers / (run + the time the dispatcher then needed to "
         "finish them) — the rate at which decisions AND what follows them are done. The ratio "
