@@ -774,7 +774,9 @@ def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(d
                         assert len(other.messages) == 2
                         assert not {m.id for m in held} & {m.id for m in other.messages}
                         await other.finish(
-                            [MessageOutcome(m.id, frozenset()) for m in other.messages], [], now
+                            [MessageOutcome(m.id, frozenset(), m.attempts) for m in other.messages],
+                            [],
+                            now,
                         )
                     if db.dialect == "postgresql":
                         held_ids = {m.id for m in held}
@@ -786,7 +788,7 @@ def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(d
                 await crash_mid_batch()
             after = await versions()
             finished = {m.id for m in messages} - {m.id for m in held}
-            assert all(after[i].endswith("1") for i in finished)  # one attempt counted
+            assert not finished & set(after)  # dispatched at the first attempt: deleted
             later = now + timedelta(seconds=31)
             async with second.claimed_messages(10, 30.0, now) as again:
                 due_now = {m.id for m in again.messages}
@@ -796,7 +798,9 @@ def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(d
                 async with second.claimed_messages(10, 30.0, now) as again:
                     assert {m.attempts for m in again.messages} == {1}  # nothing counted
                     await again.finish(
-                        [MessageOutcome(m.id, frozenset()) for m in again.messages], [], now
+                        [MessageOutcome(m.id, frozenset(), m.attempts) for m in again.messages],
+                        [],
+                        now,
                     )
             else:
                 assert due_now == set()  # leased
@@ -804,7 +808,9 @@ def test_a_claimed_batch_is_held_until_its_outcome_and_given_back_by_a_failure(d
                     assert {m.id for m in again.messages} == {m.id for m in held}
                     assert {m.attempts for m in again.messages} == {2}
                     await again.finish(
-                        [MessageOutcome(m.id, frozenset()) for m in again.messages], [], later
+                        [MessageOutcome(m.id, frozenset(), m.attempts) for m in again.messages],
+                        [],
+                        later,
                     )
             left = [r for r in await rows(db.url, outbox_messages) if r.dispatched_at is None]
             assert left == []
@@ -1286,6 +1292,37 @@ def test_pruning_drops_old_dispatched_messages_but_not_pending_work(db: Db) -> N
             left = {r.id for r in await rows(db.url, outbox_messages)}
             assert left == {old[1].id}
             assert set(await states(db.url)) == {pending_one}
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_message_done_at_its_first_attempt_leaves_the_outbox(db: Db) -> None:
+    """Dispatched at its first attempt with no webhook delivery, a message has nothing left to
+    do and is deleted; one with a delivery stays, marked dispatched, for the delivery's
+    payload (and is pruned after the retention). A message dispatched after a retry stays too
+    (tests/integration/test_streams.py)."""
+
+    async def scenario() -> None:
+        service = service_for(db.url)
+        try:
+            sub, _ = await service.create(
+                db.tenant_id, url="http://127.0.0.1:9/never", events=["*"], outcomes=["block"]
+            )
+            plain = decision_message(record(db.tenant_id, "allow"))
+            blocked = decision_message(record(db.tenant_id, "block"))
+            await put(db.url, [plain, blocked])
+            dispatcher = Dispatcher(service.store, service.box, config=FAST)
+            try:
+                assert await dispatcher.dispatch_messages() == 2
+                assert await dispatcher.dispatch_messages() == 0
+            finally:
+                await dispatcher.close()
+            stored = {r.id: r for r in await rows(db.url, outbox_messages)}
+            assert set(stored) == {blocked.id}
+            assert stored[blocked.id].dispatched_at is not None
+            assert set(await states(db.url)) == {delivery_id(blocked.id, sub.id)}
         finally:
             await service.close()
 

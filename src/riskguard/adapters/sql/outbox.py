@@ -5,7 +5,8 @@ A decision (or an alert change) that must reach other systems is written as an
 fail together: a crash can never lose a side effect of a stored decision, nor invent one for a
 decision that was not stored. A dispatcher (``riskguard.adapters.webhooks.dispatcher``) claims
 the rows afterwards, fans each out to webhook subscriptions (``webhook_deliveries``) and to the
-event streams, and marks it dispatched.
+event streams, and deletes it — or, when it has deliveries (which read its payload) or needed
+a retry, marks it dispatched, to be pruned after the retention.
 
 Tables (on the schema's one ``metadata``; migration 0004 creates them):
 

@@ -6,7 +6,8 @@ Two loops run side by side:
   on PostgreSQL, a lease on SQLite); create one delivery per message and
   matching enabled subscription (ids derived from both, so doing it twice changes nothing);
   publish the batch as CloudEvents to every configured stream not yet done for it; then, in one
-  transaction, store the deliveries and mark each message dispatched — or, when a stream failed,
+  transaction, store the deliveries and delete each message (kept, marked dispatched, when it
+  has deliveries or needed a retry: see ``store``) — or, when a stream failed,
   record which streams are done and make the message due again after a back-off. Streams are
   retried without limit: a message is never dropped.
 - **Delivery.** Keep up to ``concurrency`` webhook attempts in flight: lease due deliveries,
@@ -110,7 +111,7 @@ class DispatcherConfig:
     publish_retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=0, base_s=1.0, cap_s=60.0)
     )
-    retention_s: float = 7 * 86_400.0  # dispatched messages (and their deliveries) kept
+    retention_s: float = 7 * 86_400.0  # dispatched messages kept (with deliveries, or retried)
     prune_every_s: float = 600.0
     url_policy: UrlPolicy = field(default_factory=UrlPolicy)
 
@@ -275,7 +276,9 @@ class Dispatcher:
                 if error is not None:
                     delay = self.config.publish_retry.delay(m.attempts, self._rng)
                     retry_at = finished + timedelta(seconds=delay)
-                outcomes.append(MessageOutcome(m.id, frozenset(done[m.id]), error, retry_at))
+                outcomes.append(
+                    MessageOutcome(m.id, frozenset(done[m.id]), m.attempts, error, retry_at)
+                )
             await batch.finish(outcomes, deliveries, finished)
         if deliveries:
             self._deliveries_due.set()

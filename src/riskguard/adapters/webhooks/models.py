@@ -121,10 +121,12 @@ class ClaimedMessage:
 
 @dataclass(frozen=True, slots=True)
 class MessageOutcome:
-    """What one fan-out did: the sinks now done, and the error if one still failed."""
+    """What one fan-out did: the sinks now done, and the error if one still failed.
+    ``attempt`` is the message's claim count, this one included (1: its first)."""
 
     id: str
     sinks_done: frozenset[str]
+    attempt: int
     error: str | None = None
     retry_at: datetime | None = None  # None: dispatched
 

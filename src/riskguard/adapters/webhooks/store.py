@@ -405,8 +405,9 @@ class WebhookStore:
         now: datetime,
     ) -> None:
         """SQLite, after :meth:`_lease_messages`: in one transaction, create ``deliveries``
-        (those that exist already are kept as they are) and record each message's outcome
-        (dispatched, or due again later)."""
+        (those that exist already are kept as they are) and record each message's outcome:
+        deleted when dispatched at its first attempt with no delivery, else dispatched or due
+        again later (see _PG_DELETE_DONE)."""
         at = utc(now)
         insert = self._insert(webhook_deliveries).on_conflict_do_nothing(index_elements=["id"])
         delivery_rows = [
@@ -432,6 +433,15 @@ class WebhookStore:
                 last_error=bindparam("b_error"),
             )
         )
+        delivered_to = {d.message_id for d in deliveries}
+        done = {
+            o.id
+            for o in outcomes
+            if o.retry_at is None
+            and o.error is None
+            and o.attempt == 1
+            and o.id not in delivered_to
+        }
         outcome_rows = [
             {
                 "b_id": o.id,
@@ -441,11 +451,14 @@ class WebhookStore:
                 "b_error": o.error,
             }
             for o in outcomes
+            if o.id not in done
         ]
 
         async def work(conn: AsyncConnection) -> None:
             if delivery_rows:
                 await conn.execute(insert, delivery_rows)
+            if done:
+                await conn.execute(delete(outbox_messages).where(_m.id.in_(sorted(done))))
             if outcome_rows:
                 await conn.execute(finish, outcome_rows)
 
@@ -641,6 +654,13 @@ _PG_DISPATCHED = (
     "UPDATE outbox_messages SET sinks_done = $2, dispatched_at = $3, next_attempt_at = $3, "
     "last_error = NULL, attempts = attempts + 1 WHERE id = ANY($1::text[])"
 )
+# A message dispatched at its first attempt with no deliveries has nothing left to do: it
+# leaves the queue. One with deliveries stays, marked dispatched, for their payload until it is
+# pruned; so does one dispatched after a retry (an earlier attempt may have made deliveries for
+# a subscription since disabled or changed, which a delete would cascade away). A delete
+# writes a few dozen bytes of WAL where the update wrote a new copy of the row, payload and
+# all, and two index entries.
+_PG_DELETE_DONE = "DELETE FROM outbox_messages WHERE id = ANY($1::text[])"
 _PG_INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (id, tenant_id, subscription_id, message_id, state, "
     "attempts, next_attempt_at, created_at) "
@@ -657,17 +677,23 @@ def _message_order(m: ClaimedMessage) -> tuple[datetime, str]:
 def _pg_finish_statements(
     outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery], at: datetime
 ) -> list[tuple[str, tuple[Any, ...]]]:
-    """PostgreSQL: a batch's outcomes in a statement or two, not one per message: messages
-    dispatched with the same streams done (the usual batch: all of them) as one
-    ``UPDATE ... WHERE id = ANY($1)``, the others as one ``UPDATE ... FROM unnest(...)``, after
-    the deliveries' insert."""
+    """PostgreSQL: a batch's outcomes in a statement or two, not one per message, after the
+    deliveries' insert: messages dispatched at their first attempt without deliveries (the
+    usual batch: all of them) deleted by one ``DELETE ... WHERE id = ANY($1)``, the other
+    dispatched ones marked
+    by one ``UPDATE ... WHERE id = ANY($1)`` per set of streams done, the others by one
+    ``UPDATE ... FROM unnest(...)``."""
+    delivered_to = {d.message_id for d in deliveries}
+    done: list[str] = []
     dispatched: dict[frozenset[str], list[str]] = {}
     retried: list[MessageOutcome] = []
     for o in outcomes:
-        if o.retry_at is None and o.error is None:
+        if o.retry_at is not None or o.error is not None:
+            retried.append(o)
+        elif o.attempt > 1 or o.id in delivered_to:
             dispatched.setdefault(o.sinks_done, []).append(o.id)
         else:
-            retried.append(o)
+            done.append(o.id)
     statements: list[tuple[str, tuple[Any, ...]]] = []
     if deliveries:
         statements.append(
@@ -682,6 +708,8 @@ def _pg_finish_statements(
                 ),
             )
         )
+    if done:
+        statements.append((_PG_DELETE_DONE, (done,)))
     for sinks, ids in dispatched.items():
         statements.append((_PG_DISPATCHED, (ids, ",".join(sorted(sinks)), at)))
     if retried:
