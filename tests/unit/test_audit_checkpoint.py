@@ -394,10 +394,8 @@ def test_follow_checks_what_another_writer_stored() -> None:
     assert ChainState().follow(records).tree.root() == state.tree.root()
     with pytest.raises(ChainBroken):
         ChainState().follow(records[1:])
-    from dataclasses import replace
-
     with pytest.raises(ChainBroken):
-        ChainState().follow([records[0], replace(records[1], body='{"i":7}'), *records[2:]])
+        ChainState().follow([records[0], records[1]._replace(body='{"i":7}'), *records[2:]])
 
 
 def test_checkpoint_policy() -> None:
@@ -483,24 +481,22 @@ def _tampered(log: MemoryAuditLog, change: Any) -> Any:
 
 
 def test_verifier_names_the_first_bad_record() -> None:
-    from dataclasses import replace
-
     def edit(records: list[Any]) -> None:
-        records[16] = replace(records[16], body='{"i":999}')
+        records[16] = records[16]._replace(body='{"i":999}')
 
     def delete(records: list[Any]) -> None:
         del records[16]
 
     def swap(records: list[Any]) -> None:
         a, b = records[16], records[17]
-        records[16], records[17] = replace(b, seq=17), replace(a, seq=18)
+        records[16], records[17] = b._replace(seq=17), a._replace(seq=18)
 
     def insert(records: list[Any]) -> None:
         # a forged record 17 that chains correctly to 16, the rest renumbered
         forged, _ = ChainState(16, records[15].hash).extend(
             [new_entry(action="x", actor="mallory")], datetime(2026, 5, 10, tzinfo=UTC)
         )
-        records[16:] = [forged[0]] + [replace(r, seq=r.seq + 1) for r in records[16:]]
+        records[16:] = [forged[0]] + [r._replace(seq=r.seq + 1) for r in records[16:]]
 
     def rehash_from_17(records: list[Any]) -> None:
         # an attacker who knows the format: edit record 17 and recompute every hash after it

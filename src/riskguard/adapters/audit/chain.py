@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -88,9 +88,12 @@ def record_bytes(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """What a caller asks the log to record (build it with :func:`new_entry`)."""
+class AuditEntry(NamedTuple):
+    """What a caller asks the log to record (build it with :func:`new_entry`).
+
+    This and :class:`AuditRecord` are immutable named tuples rather than frozen dataclasses:
+    one of each is made per record on the worker's hot path, and a frozen dataclass's
+    ``__init__`` (an ``object.__setattr__`` per field) cost several times a tuple's there."""
 
     action: str
     actor: str
@@ -140,9 +143,8 @@ def new_entry(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One stored record of the log."""
+class AuditRecord(NamedTuple):
+    """One stored record of the log (an immutable named tuple: see :class:`AuditEntry`)."""
 
     seq: int
     at: datetime  # aware, UTC
