@@ -65,6 +65,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR] + [
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -1135,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     background: list[dict[str, Any]] = []  # the machine before each measured pair of runs
 
-    mixed_runs = iter(range(1_000_000))
+    mixed_runs = itertools.count()
 
     def workload_args(server: Server, endpoint: str) -> tuple[str, ...]:
         if endpoint != "decisions" or server.workload != "mixed":

@@ -433,15 +433,7 @@ class WebhookStore:
                 last_error=bindparam("b_error"),
             )
         )
-        delivered_to = {d.message_id for d in deliveries}
-        done = {
-            o.id
-            for o in outcomes
-            if o.retry_at is None
-            and o.error is None
-            and o.attempt == 1
-            and o.id not in delivered_to
-        }
+        done = set(_done(outcomes, deliveries))
         outcome_rows = [
             {
                 "b_id": o.id,
@@ -661,6 +653,19 @@ _PG_DISPATCHED = (
 # writes a few dozen bytes of WAL where the update wrote a new copy of the row, payload and
 # all, and two index entries.
 _PG_DELETE_DONE = "DELETE FROM outbox_messages WHERE id = ANY($1::text[])"
+
+
+def _done(outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery]) -> list[str]:
+    """The messages of a batch that leave the outbox (see _PG_DELETE_DONE): dispatched at their
+    first attempt, with no delivery."""
+    delivered_to = {d.message_id for d in deliveries}
+    return [
+        o.id
+        for o in outcomes
+        if o.retry_at is None and o.error is None and o.attempt == 1 and o.id not in delivered_to
+    ]
+
+
 _PG_INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (id, tenant_id, subscription_id, message_id, state, "
     "attempts, next_attempt_at, created_at) "
@@ -678,22 +683,19 @@ def _pg_finish_statements(
     outcomes: Sequence[MessageOutcome], deliveries: Sequence[NewDelivery], at: datetime
 ) -> list[tuple[str, tuple[Any, ...]]]:
     """PostgreSQL: a batch's outcomes in a statement or two, not one per message, after the
-    deliveries' insert: messages dispatched at their first attempt without deliveries (the
-    usual batch: all of them) deleted by one ``DELETE ... WHERE id = ANY($1)``, the other
-    dispatched ones marked
-    by one ``UPDATE ... WHERE id = ANY($1)`` per set of streams done, the others by one
+    deliveries' insert: the messages that are done (:func:`_done`; the usual batch: all of
+    them) deleted by one ``DELETE ... WHERE id = ANY($1)``, the other dispatched ones marked by
+    one ``UPDATE ... WHERE id = ANY($1)`` per set of streams done, the rest (due again) by one
     ``UPDATE ... FROM unnest(...)``."""
-    delivered_to = {d.message_id for d in deliveries}
-    done: list[str] = []
+    done = _done(outcomes, deliveries)
+    leaving = set(done)
     dispatched: dict[frozenset[str], list[str]] = {}
     retried: list[MessageOutcome] = []
     for o in outcomes:
         if o.retry_at is not None or o.error is not None:
             retried.append(o)
-        elif o.attempt > 1 or o.id in delivered_to:
+        elif o.id not in leaving:
             dispatched.setdefault(o.sinks_done, []).append(o.id)
-        else:
-            done.append(o.id)
     statements: list[tuple[str, tuple[Any, ...]]] = []
     if deliveries:
         statements.append(
