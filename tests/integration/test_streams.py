@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,5 +215,48 @@ def test_a_failing_stream_is_retried_without_repeating_the_others(
             await client.delete(key)
             await client.aclose()
             await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_larger_than_one_script_call_is_published_whole_and_in_order(
+    redis_url: str,
+) -> None:
+    """More events than ``EVENTS_PER_CALL`` go out in several script calls: every one of them,
+    once, in the batch's order, with its JSON as the event says."""
+    from riskguard.adapters.streams import redis_streams
+    from riskguard.adapters.streams.cloudevents import to_cloudevent
+    from riskguard.adapters.webhooks.models import ClaimedMessage
+
+    count = 2 * redis_streams.EVENTS_PER_CALL + 7
+    events = []
+    for i in range(count):
+        payload = {"decision_id": f"dec_{i}", "outcome": "allow", "score": i / 3}
+        message = ClaimedMessage(
+            f"evt_{i:05d}",
+            "t_acme",
+            "decision.created",
+            f"dec_{i}",
+            payload,
+            datetime.now(UTC),
+            1,
+            frozenset(),
+        )
+        events.append(to_cloudevent(message, payload_json=orjson.dumps(payload).decode()))
+
+    async def scenario() -> None:
+        key_prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        publisher = RedisStreamPublisher(redis_url, key_prefix=key_prefix)
+        client = aioredis.Redis.from_url(redis_url)
+        key = key_prefix + "riskguard.decisions"
+        try:
+            await publisher.publish(events)
+            got = await read_stream(client, key)
+            assert [e["id"] for e in got] == [e["id"] for e in events]
+            assert got == [orjson.loads(orjson.dumps(dict(e))) for e in events]
+        finally:
+            await publisher.close()
+            await client.delete(key)
+            await client.aclose()
 
     asyncio.run(scenario())

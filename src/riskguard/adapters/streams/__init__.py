@@ -6,9 +6,11 @@ messages to every configured :class:`EventPublisher`; see ``docs/webhooks.md``.
 
 from riskguard.adapters.streams.cloudevents import (
     STREAMS,
+    CloudEvent,
     EventPublisher,
+    event_json,
     stream_of,
     to_cloudevent,
 )
 
-__all__ = ["STREAMS", "EventPublisher", "stream_of", "to_cloudevent"]
+__all__ = ["STREAMS", "CloudEvent", "EventPublisher", "event_json", "stream_of", "to_cloudevent"]

@@ -13,6 +13,12 @@ extension attribute (consumers filter on it without parsing ``source``). ``data`
 message payload: for decisions the answer the caller got (see ``outbox.decision_payload``).
 Messages of a family (``decision``, ``alert``) go to its stream (``riskguard.decisions``,
 ``riskguard.alerts``).
+
+An event is a :class:`CloudEvent`: a dict (what in-process consumers read) that can also carry
+its JSON. A message claimed from the outbox on PostgreSQL comes with its payload's JSON text as
+stored, so the dispatcher builds the event's JSON around that text (:func:`event_json`) instead
+of encoding the decoded payload again for every stream: the same JSON value, not necessarily
+the same bytes as ``orjson.dumps(event)`` (the payload keeps the text the service wrote).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import orjson
 
 SPEC_VERSION = "1.0"
 TYPE_PREFIX = "io.riskguard."
@@ -46,6 +54,15 @@ class Message(Protocol):
     def created_at(self) -> datetime: ...
 
 
+class CloudEvent(dict[str, Any]):
+    """A CloudEvent (a plain dict to read) and, when it was built from the outbox's JSON text,
+    that JSON (:func:`event_json`). Consumers must not change it: the JSON would no longer say
+    what the dict does."""
+
+    __slots__ = ("encoded",)
+    encoded: bytes
+
+
 class EventPublisher(Protocol):
     """A stream that takes events; ``publish`` returns once the stream has them all (or
     raises, and then any of them may or may not be there, and all are offered again later).
@@ -66,17 +83,59 @@ def stream_of(topic: str) -> str | None:
     return STREAMS.get(topic.split(".", 1)[0])
 
 
-def to_cloudevent(message: Message, *, source_prefix: str = SOURCE_PREFIX) -> dict[str, Any]:
-    at = message.created_at
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    return {
-        "specversion": SPEC_VERSION,
-        "id": message.id,
-        "source": f"{source_prefix}/tenants/{message.tenant_id}",
-        "type": TYPE_PREFIX + message.topic,
-        "subject": message.subject,
-        "time": at.isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "tenantid": message.tenant_id,
-        "data": dict(message.payload),
-    }
+_TIME_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _time_json(at: datetime) -> bytes:
+    """``at`` in UTC as a quoted RFC 3339 string ending in ``Z`` (naive means UTC)."""
+    if at.tzinfo is not None and at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return orjson.dumps(at, option=_TIME_OPTIONS)
+
+
+def to_cloudevent(
+    message: Message, *, source_prefix: str = SOURCE_PREFIX, payload_json: str | None = None
+) -> CloudEvent:
+    """The event of ``message``. ``payload_json``: the payload's JSON text, when at hand (the
+    outbox's own); the event then carries its JSON built around that text."""
+    time = _time_json(message.created_at)
+    event = CloudEvent(
+        specversion=SPEC_VERSION,
+        id=message.id,
+        source=f"{source_prefix}/tenants/{message.tenant_id}",
+        type=TYPE_PREFIX + message.topic,
+        subject=message.subject,
+        time=time[1:-1].decode(),
+        datacontenttype="application/json",
+        tenantid=message.tenant_id,
+        data=dict(message.payload),
+    )
+    if payload_json is not None:
+        dumps = orjson.dumps
+        event.encoded = b"".join(
+            (
+                b'{"specversion":"' + SPEC_VERSION.encode() + b'","id":',
+                dumps(event["id"]),
+                b',"source":',
+                dumps(event["source"]),
+                b',"type":',
+                dumps(event["type"]),
+                b',"subject":',
+                dumps(event["subject"]),
+                b',"time":',
+                time,
+                b',"datacontenttype":"application/json","tenantid":',
+                dumps(event["tenantid"]),
+                b',"data":',
+                payload_json.encode(),
+                b"}",
+            )
+        )
+    return event
+
+
+def event_json(event: Mapping[str, Any]) -> bytes:
+    """The JSON of ``event``: the one it carries (a :class:`CloudEvent` built from the outbox's
+    text), else ``orjson.dumps(event)``."""
+    encoded = getattr(event, "encoded", None)
+    return encoded if encoded is not None else orjson.dumps(event)

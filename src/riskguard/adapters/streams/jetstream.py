@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nats
-import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from riskguard.adapters.streams.cloudevents import CONTENT_TYPE, stream_of
+from riskguard.adapters.streams.cloudevents import CONTENT_TYPE, event_json, stream_of
 
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -80,7 +79,7 @@ class JetStreamPublisher:
             *(
                 js.publish(
                     subject,
-                    orjson.dumps(event),
+                    event_json(event),
                     timeout=self._timeout_s,
                     headers={"Nats-Msg-Id": str(event["id"]), "Content-Type": CONTENT_TYPE},
                 )

@@ -7,8 +7,10 @@ the length stays near the cap at almost no cost); size the cap so consumers neve
 behind. A batch is one server-side script call per stream (its events as the call's arguments):
 one command to build and one reply to parse instead of one per event, which is where a client
 pipeline spends its time. A script that fails part-way keeps the entries it added, like a
-pipeline would; redelivery (after that or a dispatcher crash) can add an event twice:
-consumers de-duplicate on ``id``.
+pipeline would. A call carries at most ``EVENTS_PER_CALL`` events: a script runs alone on the
+server, and the decisions' own state commands should not wait behind thousands of ``XADD``s
+(a dispatcher batch holds up to 2,000 messages). Redelivery (after a failure or a dispatcher
+crash) can add an event twice: consumers de-duplicate on ``id``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 import redis.asyncio as redis
 
-from riskguard.adapters.streams.cloudevents import stream_of
+from riskguard.adapters.streams.cloudevents import event_json, stream_of
 
 DEFAULT_MAXLEN = 100_000
+EVENTS_PER_CALL = 250  # ~3 ms of the server's time a call (about 11 µs an event, measured)
 _TIMEOUT_S = 5.0
 # KEYS[1]: the stream; ARGV[1]: MAXLEN; then id, type, tenant, event per entry
 _XADD_ALL = """
@@ -60,9 +62,12 @@ class RedisStreamPublisher:
             args = batches.get(stream)
             if args is None:
                 args = batches[stream] = [self.maxlen]
-            args += (event["id"], event["type"], event["tenantid"], orjson.dumps(event))
+            args += (event["id"], event["type"], event["tenantid"], event_json(event))
+        step = 4 * EVENTS_PER_CALL
         for stream, args in batches.items():
-            await self._xadd_all(keys=[self.stream_key(stream)], args=args)
+            key = [self.stream_key(stream)]
+            for start in range(1, len(args), step):
+                await self._xadd_all(keys=key, args=[self.maxlen, *args[start : start + step]])
 
     async def close(self) -> None:
         await self._client.aclose()

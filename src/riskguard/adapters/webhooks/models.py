@@ -118,6 +118,9 @@ class ClaimedMessage(NamedTuple):
     created_at: datetime
     attempts: int  # including this claim
     sinks_done: frozenset[str]
+    # the payload's JSON text as stored (PostgreSQL), which the event streams' JSON is built
+    # around; None where the store did not read it as text
+    payload_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,6 +311,7 @@ class WebhookStore:
                             created_at=row[5],
                             attempts=row[6] + 1,
                             sinks_done=frozenset(row[7].split(",")) if row[7] else _NO_SINKS,
+                            payload_json=row[4],
                         )
                         for row in rows
                     ]
