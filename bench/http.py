@@ -993,6 +993,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "alerts once the velocity state has warmed up (the worst case), against the (b) row",
     )
     parser.add_argument(
+        "--after-only",
+        action="store_true",
+        help="--after-decision with mixed events: run only the comparison's rows (its off row "
+        "and the layouts), not the decision-path rows (a third less time a round)",
+    )
+    parser.add_argument(
         "--risky-per-mille",
         type=int,
         default=50,
@@ -1015,6 +1021,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--threads cannot exceed --connections")
     if not 0 <= args.risky_per_mille <= 1000 or args.mixed_accounts < 1_000:
         parser.error("--risky-per-mille must be 0..1000 and --mixed-accounts at least 1000")
+    if args.after_only and not (args.after_decision and args.after_workload == "mixed"):
+        parser.error("--after-only needs --after-decision with --after-workload mixed")
+    if args.after_only and args.only == "sqlite":
+        parser.error("--after-only runs on PostgreSQL: drop --only sqlite")
     return args
 
 
@@ -1025,7 +1035,7 @@ def backends(args: argparse.Namespace, tmp: Path, secret: str) -> Iterator[dict[
     pg_name: str | None = None
     prefix: str | None = None
     try:
-        if args.only in (None, "sqlite"):
+        if args.only in (None, "sqlite") and not args.after_only:
             found["sqlite"] = Backend(
                 "sqlite", "(a) SQLite + in-memory", f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
             )
@@ -1100,11 +1110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     high = args.connections_high
     configs: list[ServerConfig] = []
-    if args.only in (None, "sqlite"):
+    if args.only in (None, "sqlite") and not args.after_only:
         configs.append(ServerConfig("sqlite", 1, False, (args.connections,)))
     if args.only in (None, "postgresql"):
         conns = (args.connections,) + ((high,) if high and high != args.connections else ())
-        configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
+        if not args.after_only:
+            configs += [ServerConfig("postgresql", w, False, conns) for w in args.workers]
         if args.after_decision:
             workload = args.after_workload
             if workload != "default":  # the comparison's own off row
