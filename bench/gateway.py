@@ -356,7 +356,12 @@ def stack(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
         if args.gateway_workers > 1:  # shared feature state and rate limits
             procs.redis_prefix = f"bgw{os.getpid()}x{int(time.time())}"
-            env.update(RISKGUARD_REDIS_URL=REDIS_URL, RISKGUARD_REDIS_PREFIX=procs.redis_prefix)
+            env.update(
+                RISKGUARD_REDIS_URL=REDIS_URL,
+                RISKGUARD_REDIS_PREFIX=procs.redis_prefix,
+                # its event streams go with its keys at the end (matched by the prefix)
+                RISKGUARD_STREAM_PREFIX=f"{procs.redis_prefix}:",
+            )
         env.update(
             RISKGUARD_DATABASE_URL=database_url,
             RISKGUARD_JWT_KEYS_FILE=str(jwks),

@@ -370,6 +370,9 @@ class Server:
         )
         if backend.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = backend.redis_url
+            # the event streams under the run's prefix too, so that they go with its keys at
+            # the end (unprefixed, a run left up to RISKGUARD_STREAM_MAXLEN events behind)
+            env["RISKGUARD_STREAM_PREFIX"] = f"{backend.redis_prefix}:"
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.with_worker = config.after in WORKER_MODES
