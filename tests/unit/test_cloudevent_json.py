@@ -117,3 +117,9 @@ def test_any_payload_and_names_give_the_same_json_value(
     m = message(orjson.loads(text), tenant_id=tenant, subject=subject, id=event_id)
     event = to_cloudevent(m, payload_json=text)
     assert orjson.loads(event_json(event)) == orjson.loads(orjson.dumps(dict(event)))
+
+
+def test_the_json_is_built_once_and_kept_for_the_next_stream() -> None:
+    event = to_cloudevent(message(PAYLOAD), payload_json=orjson.dumps(PAYLOAD).decode())
+    first = event_json(event)
+    assert event_json(event) is first

@@ -15,10 +15,11 @@ Messages of a family (``decision``, ``alert``) go to its stream (``riskguard.dec
 ``riskguard.alerts``).
 
 An event is a :class:`CloudEvent`: a dict (what in-process consumers read) that can also carry
-its JSON. A message claimed from the outbox on PostgreSQL comes with its payload's JSON text as
-stored, so the dispatcher builds the event's JSON around that text (:func:`event_json`) instead
-of encoding the decoded payload again for every stream: the same JSON value, not necessarily
-the same bytes as ``orjson.dumps(event)`` (the payload keeps the text the service wrote).
+its payload's JSON text. A message claimed from the outbox on PostgreSQL comes with that text
+as stored, so a stream's publisher gets the event's JSON built around it (:func:`event_json`,
+once per event, on first use) instead of encoding the decoded payload again: the same JSON
+value, not necessarily the same bytes as ``orjson.dumps(event)`` (the payload keeps the text
+the service wrote).
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ class Message(Protocol):
 
 
 class CloudEvent(dict[str, Any]):
-    """A CloudEvent (a plain dict to read) and, when it was built from the outbox's JSON text,
-    that JSON (:func:`event_json`). Consumers must not change it: the JSON would no longer say
-    what the dict does."""
+    """A CloudEvent (a plain dict to read) and, when the outbox's JSON text of its payload was
+    at hand, that text (and, once :func:`event_json` built it, the event's JSON). Consumers
+    must not change it: the JSON would no longer say what the dict does."""
 
-    __slots__ = ("encoded",)
+    __slots__ = ("encoded", "payload_json")
+    payload_json: str
     encoded: bytes
 
 
@@ -97,45 +99,57 @@ def to_cloudevent(
     message: Message, *, source_prefix: str = SOURCE_PREFIX, payload_json: str | None = None
 ) -> CloudEvent:
     """The event of ``message``. ``payload_json``: the payload's JSON text, when at hand (the
-    outbox's own); the event then carries its JSON built around that text."""
-    time = _time_json(message.created_at)
+    outbox's own), which :func:`event_json` then builds the event's JSON around."""
     event = CloudEvent(
         specversion=SPEC_VERSION,
         id=message.id,
         source=f"{source_prefix}/tenants/{message.tenant_id}",
         type=TYPE_PREFIX + message.topic,
         subject=message.subject,
-        time=time[1:-1].decode(),
+        time=_time_json(message.created_at)[1:-1].decode(),
         datacontenttype="application/json",
         tenantid=message.tenant_id,
         data=dict(message.payload),
     )
     if payload_json is not None:
-        dumps = orjson.dumps
-        event.encoded = b"".join(
-            (
-                b'{"specversion":"' + SPEC_VERSION.encode() + b'","id":',
-                dumps(event["id"]),
-                b',"source":',
-                dumps(event["source"]),
-                b',"type":',
-                dumps(event["type"]),
-                b',"subject":',
-                dumps(event["subject"]),
-                b',"time":',
-                time,
-                b',"datacontenttype":"application/json","tenantid":',
-                dumps(event["tenantid"]),
-                b',"data":',
-                payload_json.encode(),
-                b"}",
-            )
-        )
+        event.payload_json = payload_json
     return event
 
 
 def event_json(event: Mapping[str, Any]) -> bytes:
-    """The JSON of ``event``: the one it carries (a :class:`CloudEvent` built from the outbox's
-    text), else ``orjson.dumps(event)``."""
-    encoded = getattr(event, "encoded", None)
-    return encoded if encoded is not None else orjson.dumps(event)
+    """The JSON of ``event``: for a :class:`CloudEvent` with its payload's text, built around
+    that text (once: kept on the event for the next stream), else ``orjson.dumps(event)``."""
+    if not isinstance(event, CloudEvent):
+        return orjson.dumps(event)
+    encoded: bytes | None = getattr(event, "encoded", None)
+    if encoded is not None:
+        return encoded
+    text: str | None = getattr(event, "payload_json", None)
+    if text is None:
+        return orjson.dumps(event)
+    dumps = orjson.dumps
+    encoded = b"".join(
+        (
+            b'{"specversion":',
+            dumps(event["specversion"]),
+            b',"id":',
+            dumps(event["id"]),
+            b',"source":',
+            dumps(event["source"]),
+            b',"type":',
+            dumps(event["type"]),
+            b',"subject":',
+            dumps(event["subject"]),
+            b',"time":',
+            dumps(event["time"]),
+            b',"datacontenttype":',
+            dumps(event["datacontenttype"]),
+            b',"tenantid":',
+            dumps(event["tenantid"]),
+            b',"data":',
+            text.encode(),
+            b"}",
+        )
+    )
+    event.encoded = encoded
+    return encoded
