@@ -127,29 +127,8 @@ def event_json(event: Mapping[str, Any]) -> bytes:
     text: str | None = getattr(event, "payload_json", None)
     if text is None:
         return orjson.dumps(event)
-    dumps = orjson.dumps
-    encoded = b"".join(
-        (
-            b'{"specversion":',
-            dumps(event["specversion"]),
-            b',"id":',
-            dumps(event["id"]),
-            b',"source":',
-            dumps(event["source"]),
-            b',"type":',
-            dumps(event["type"]),
-            b',"subject":',
-            dumps(event["subject"]),
-            b',"time":',
-            dumps(event["time"]),
-            b',"datacontenttype":',
-            dumps(event["datacontenttype"]),
-            b',"tenantid":',
-            dumps(event["tenantid"]),
-            b',"data":',
-            text.encode(),
-            b"}",
-        )
-    )
+    # the event's other members as orjson writes them, then the payload's text as "data"
+    head = orjson.dumps({key: value for key, value in event.items() if key != "data"})
+    encoded = head[:-1] + b',"data":' + text.encode() + b"}"
     event.encoded = encoded
     return encoded
