@@ -227,7 +227,9 @@ class Container:
             self.webhooks.store, self.webhooks.box, config=config, publishers=publishers
         )
 
-    async def start(self) -> None:
+    async def start(self, *, decides: bool = True) -> None:
+        """Open the stores and start the background tasks. ``decides=False`` (``riskguard
+        worker``): no rulesets are compiled nor polled for, as nothing here decides."""
         if self.settings.auto_migrate:
             from riskguard.adapters.sql.migrate import upgrade
 
@@ -235,11 +237,12 @@ class Container:
         await self.store.start()
         if self.audit is not None:
             await self.audit.start()
-        try:
-            await self.engines.refresh()
-        except DependencyUnavailable:
-            structlog.get_logger("riskguard").warning("ruleset_load_deferred")
-        self._poller = asyncio.create_task(self.engines.poll(self.settings.ruleset_poll_s))
+        if decides:
+            try:
+                await self.engines.refresh()
+            except DependencyUnavailable:
+                structlog.get_logger("riskguard").warning("ruleset_load_deferred")
+            self._poller = asyncio.create_task(self.engines.poll(self.settings.ruleset_poll_s))
         if self.settings.outbox and self.settings.dispatcher:
             self.dispatcher = self._build_dispatcher()
             self._dispatching = asyncio.create_task(

@@ -47,7 +47,7 @@ async def run_worker(settings: Any, stop: asyncio.Event | None = None) -> None:
             handled.append(sig)
     log = structlog.get_logger("riskguard.worker")
     try:
-        await container.start()
+        await container.start(decides=False)
         if settings.gc_tuning:  # as the service does after its start-up (riskguard.gc_tuning)
             from riskguard.gc_tuning import tune_gc
 

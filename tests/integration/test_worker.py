@@ -155,3 +155,49 @@ def test_the_worker_refuses_bad_settings_with_a_clear_error(backend: Backend) ->
     assert out.returncode == 2, out.stdout + out.stderr
     assert "invalid settings" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_container_that_does_not_decide_compiles_no_ruleset_and_polls_for_none(
+    tmp_path: Any,
+) -> None:
+    """``riskguard worker`` starts its container with ``decides=False``: it has no rules to
+    run, so it must neither compile the tenants' rulesets nor poll for new ones every second
+    (as a service process does)."""
+    import asyncio
+
+    from riskguard.settings import load_settings
+    from riskguard.wiring import Container, provision
+
+    settings = load_settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'rg.db'}",
+        secret_key="k" * 32,
+        outbox=True,
+        dispatcher=True,
+        log_level="warning",
+        ruleset_poll_s=0.05,
+    )
+
+    async def loaded(decides: bool) -> tuple[bool, int]:
+        container = Container(settings)
+        await container.start(decides=decides)
+        try:
+            if decides:
+                await asyncio.sleep(0.2)  # a few polls
+            found = container.engines.get(tenant_id) is not None
+            polls = sum(1 for t in asyncio.all_tasks() if "EngineCache.poll" in repr(t))
+            return found, polls
+        finally:
+            await container.stop()
+
+    async def setup() -> str:
+        container = Container(settings)
+        await container.start()
+        try:
+            tid, _ = await provision(container.store, b"k" * 32, "acme")
+            return tid
+        finally:
+            await container.stop()
+
+    tenant_id = asyncio.run(setup())
+    assert asyncio.run(loaded(decides=True)) == (True, 1)  # the service's way: the control
+    assert asyncio.run(loaded(decides=False)) == (False, 0)
