@@ -1002,6 +1002,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and the layouts), not the decision-path rows (a third less time a round)",
     )
     parser.add_argument(
+        "--after-paired",
+        action="store_true",
+        help="with --after-only: start the comparison's servers once, all side by side, and "
+        "run each round's decisions runs back to back in ABBA order (no restart, healthz once "
+        "per server): each pair is seconds apart instead of minutes, which a drifting shared "
+        "machine needs",
+    )
+    parser.add_argument(
         "--risky-per-mille",
         type=int,
         default=50,
@@ -1026,6 +1034,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--risky-per-mille must be 0..1000 and --mixed-accounts at least 1000")
     if args.after_only and not (args.after_decision and args.after_workload == "mixed"):
         parser.error("--after-only needs --after-decision with --after-workload mixed")
+    if args.after_paired and not args.after_only:
+        parser.error("--after-paired needs --after-only")
+    if args.after_paired and "in-process" in args.after_modes and len(args.after_modes) > 1:
+        parser.error(
+            "--after-paired: the in-process dispatcher cannot be stopped while another layout "
+            "runs; run it alone"
+        )
+    if args.after_paired and args.connections_high:
+        parser.error("--after-paired runs at --connections only: add --connections-high 0")
     if args.after_only and args.only == "sqlite":
         parser.error("--after-only runs on PostgreSQL: drop --only sqlite")
     return args
@@ -1175,101 +1192,158 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lopsided: list[str] = []
 
-    def one_server(config: ServerConfig, backend: Backend, label: str) -> None:
+    def new_server(config: ServerConfig, backend: Backend, label: str) -> Server:
         name = f"server-{config.backend}-w{config.workers}"
         suffix = ("-accesslog" if config.access_log else "") + ("-after" if config.after else "")
         log_path = log_dir / f"{name}{suffix}-{label}.log"
-        server = Server(backend, config, secret, log_path, worker_nice=args.worker_nice)
+        return Server(backend, config, secret, log_path, worker_nice=args.worker_nice)
+
+    def start(server: Server, config: ServerConfig, backend: Backend, label: str) -> None:
         wait_for_quiet(cpus, args.quiet_below, args.max_wait)
-        source = source_digest()
-        err.log(f"{label}: starting {config.name} (source {source})")
+        err.log(f"{label}: starting {config.name} (source {source_digest()})")
         server.start()
+        if args.warmup > 0:
+            go(server, "decisions", max(config.connections), args.warmup, backend.ingest_key)
+
+    def one_server(config: ServerConfig, backend: Backend, label: str) -> None:
+        server = new_server(config, backend, label)
         try:
-            if args.warmup > 0:
-                go(server, "decisions", max(config.connections), args.warmup, backend.ingest_key)
+            start(server, config, backend, label)
             for conns in config.connections:
-                for attempt in range(1, args.retries + 2):
-                    if config.after:  # start with nothing left to dispatch (warm-up, retries)
-                        server.start_worker()
-                        stores.drain(backend.database_url, backend.tenant_id)
-                    if config.after == "deferred":
-                        server.stop_worker()
-                    busy, waited = wait_for_quiet(cpus, args.quiet_below, args.max_wait)
-                    health = go(server, "healthz", conns, args.duration)
-                    before = stores.settled_count(backend.database_url, backend.tenant_id)
-                    decided = go(server, "decisions", conns, args.duration, backend.ingest_key)
-                    # the backlog the moment the load stops; its drain is timed from then
-                    ended = (
-                        (time.monotonic(), stores.pending(backend.database_url, backend.tenant_id))
-                        if config.after
-                        else None
-                    )
-                    if config.after == "deferred":
-                        server.start_worker()
-                    if ended is not None:  # first: the counts below would compete with it
-                        decided.backlog, decided.drain_s = stores.drain(
-                            backend.database_url, backend.tenant_id, since=ended
-                        )
-                    after = stores.settled_count(backend.database_url, backend.tenant_id)
-                    decided.rows_added = after - before
-                    other = max(health.cpu.other, decided.cpu.other)
-                    err.log(
-                        f"  {config.name}, {conns} conns: healthz {health.per_s:,.0f}/s, "
-                        f"decisions {decided.per_s:,.0f}/s p50 {decided.p50_ms:.1f} ms p99 "
-                        f"{decided.p99_ms:.1f} ms, non-2xx {decided.non_2xx}, degraded "
-                        f"{decided.degraded}, rows +{decided.rows_added:,} for "
-                        f"{decided.ok_2xx:,} 2xx; CPU server {decided.cpu.server:.0f}% wrk "
-                        f"{decided.cpu.wrk:.0f}% pg+redis {decided.cpu.dependencies:.0f}% "
-                        f"kernel {decided.cpu.kernel:.0f}% other {other:.0f}%"
-                        + (
-                            f"; per server process {list(decided.cpu.server_split)}"
-                            if config.workers > 1 or config.after in WORKER_MODES
-                            else ""
-                        )
-                        + (
-                            f"; outbox backlog {decided.backlog:,} done in "
-                            f"{decided.drain_s:.1f} s: sustained "
-                            f"{decided.sustained_per_s:,.0f} decisions/s"
-                            if config.after
-                            else ""
-                        )
-                    )
-                    if other <= args.max_other or attempt > args.retries:
-                        break
-                    busiest = health.cpu.top_other + decided.cpu.top_other
-                    err.log(
-                        f"  other work used {other:.0f}% of a core meanwhile (busiest: "
-                        f"{', '.join(f'{n} {p:.0f}%' for n, p in busiest[:3])}): measuring again"
-                    )
-                runs.setdefault((config, conns), []).append((health, decided))
-                if decided.cpu.lopsided(config.workers):
-                    lopsided.append(
-                        f"{config.name}, {conns} connections, {label}: {decided.per_s:,.0f} "
-                        f"decisions/s, CPU per server process {list(decided.cpu.server_split)}"
-                    )
-                background.append(
-                    {
-                        "server": config.name,
-                        "connections": conns,
-                        "label": label,
-                        "busy_before_pct": round(busy, 1),
-                        "waited_s": waited,
-                        "attempts": attempt,
-                        "other_pct": round(other, 1),
-                        "contended": other > args.max_other,
-                        "source": source,
-                    }
-                )
+                measure(server, config, backend, conns, label)
             if not server.alive():
                 crashed.append(f"{config.name} ({label})")
         finally:
             server.stop()
-            findings.scan(log_path, config.name)
+            findings.scan(server.log_path, config.name)
+
+    def measure(
+        server: Server,
+        config: ServerConfig,
+        backend: Backend,
+        conns: int,
+        label: str,
+        health: Run | None = None,
+    ) -> None:
+        """One healthz + decisions pair (the healthz run given: --after-paired measures it
+        once per server), measured again while other work took over --max-other."""
+        source = source_digest()
+        given = health
+        for attempt in range(1, args.retries + 2):
+            if config.after:  # start with nothing left to dispatch (warm-up, retries)
+                server.start_worker()
+                stores.drain(backend.database_url, backend.tenant_id)
+            if config.after == "deferred":
+                server.stop_worker()
+            busy, waited = wait_for_quiet(cpus, args.quiet_below, args.max_wait)
+            health = given or go(server, "healthz", conns, args.duration)
+            before = stores.settled_count(backend.database_url, backend.tenant_id)
+            decided = go(server, "decisions", conns, args.duration, backend.ingest_key)
+            # the backlog the moment the load stops; its drain is timed from then
+            ended = (
+                (time.monotonic(), stores.pending(backend.database_url, backend.tenant_id))
+                if config.after
+                else None
+            )
+            if config.after == "deferred":
+                server.start_worker()
+            if ended is not None:  # first: the counts below would compete with it
+                decided.backlog, decided.drain_s = stores.drain(
+                    backend.database_url, backend.tenant_id, since=ended
+                )
+            after = stores.settled_count(backend.database_url, backend.tenant_id)
+            decided.rows_added = after - before
+            other = decided.cpu.other if given else max(health.cpu.other, decided.cpu.other)
+            err.log(
+                f"  {config.name}, {conns} conns: healthz {health.per_s:,.0f}/s, "
+                f"decisions {decided.per_s:,.0f}/s p50 {decided.p50_ms:.1f} ms p99 "
+                f"{decided.p99_ms:.1f} ms, non-2xx {decided.non_2xx}, degraded "
+                f"{decided.degraded}, rows +{decided.rows_added:,} for "
+                f"{decided.ok_2xx:,} 2xx; CPU server {decided.cpu.server:.0f}% wrk "
+                f"{decided.cpu.wrk:.0f}% pg+redis {decided.cpu.dependencies:.0f}% "
+                f"kernel {decided.cpu.kernel:.0f}% other {other:.0f}%"
+                + (
+                    f"; per server process {list(decided.cpu.server_split)}"
+                    if config.workers > 1 or config.after in WORKER_MODES
+                    else ""
+                )
+                + (
+                    f"; outbox backlog {decided.backlog:,} done in "
+                    f"{decided.drain_s:.1f} s: sustained "
+                    f"{decided.sustained_per_s:,.0f} decisions/s"
+                    if config.after
+                    else ""
+                )
+            )
+            if other <= args.max_other or attempt > args.retries:
+                break
+            busiest = decided.cpu.top_other + ([] if given else health.cpu.top_other)
+            err.log(
+                f"  other work used {other:.0f}% of a core meanwhile (busiest: "
+                f"{', '.join(f'{n} {p:.0f}%' for n, p in busiest[:3])}): measuring again"
+            )
+        runs.setdefault((config, conns), []).append((health, decided))
+        if decided.cpu.lopsided(config.workers):
+            lopsided.append(
+                f"{config.name}, {conns} connections, {label}: {decided.per_s:,.0f} "
+                f"decisions/s, CPU per server process {list(decided.cpu.server_split)}"
+            )
+        background.append(
+            {
+                "server": config.name,
+                "connections": conns,
+                "label": label,
+                "busy_before_pct": round(busy, 1),
+                "waited_s": waited,
+                "attempts": attempt,
+                "other_pct": round(other, 1),
+                "contended": other > args.max_other,
+                "source": source,
+            }
+        )
+
+    def paired(backend: Backend) -> None:
+        """--after-paired: the comparison's servers all up at once, each warmed up and its
+        healthz measured once; then per round one decisions run of each, back to back, in
+        ABBA order (reversed every other round), so that a pair is measured within seconds
+        of each other and the machine's drift over minutes falls on both sides alike."""
+        conns = args.connections
+        servers: dict[ServerConfig, Server] = {}
+        health: dict[ServerConfig, Run] = {}
+        try:
+            for config in configs:
+                servers[config] = new_server(config, backend, "paired")
+                start(servers[config], config, backend, "paired")
+            for config, server in servers.items():
+                wait_for_quiet(cpus, args.quiet_below, args.max_wait)
+                health[config] = go(server, "healthz", conns, args.duration)
+            for r in range(args.rounds):
+                t0 = time.perf_counter()
+                order = configs if r % 2 == 0 else configs[::-1]
+                for config in order:
+                    for other in servers.values():
+                        # one dispatcher at a time on the outbox; an idle one, on a drained
+                        # outbox, stays up during the off runs
+                        if config.after and other is not servers[config]:
+                            other.stop_worker()
+                    measure(
+                        servers[config], config, backend, conns, f"round{r + 1}", health[config]
+                    )
+                err.log(f"round {r + 1}/{args.rounds} in {time.perf_counter() - t0:.0f} s")
+            for config, server in servers.items():
+                if not server.alive():
+                    crashed.append(f"{config.name} (paired)")
+        finally:
+            for config, server in servers.items():
+                server.stop()
+                findings.scan(server.log_path, config.name)
 
     try:
         with backends(args, tmp, secret) as found:
             try:
-                for r in range(args.rounds):
+                if args.after_paired:
+                    paired(found["postgresql"])
+                for r in range(0 if args.after_paired else args.rounds):
                     t0 = time.perf_counter()
                     order = configs[r % len(configs) :] + configs[: r % len(configs)]
                     for config in order:
