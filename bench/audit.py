@@ -16,10 +16,13 @@ What it measures, on SQLite (a file, WAL, ``synchronous=FULL``) and PostgreSQL:
    timed in process, and once more as the real command (``riskguard audit verify``, process
    start included). Target: <= 30 s for 1,000,000 records.
 3. **Decision API throughput with the audit log and the outbox on vs off**: runs
-   ``bench/http.py --after-decision`` (PostgreSQL + Redis, 1 worker, ``--api-rounds`` rounds of
-   10 s, 32 connections; skipped with ``--no-decision-api``) and reports its comparison: the
-   service with ``RISKGUARD_OUTBOX`` and ``RISKGUARD_AUDIT`` off, then on with the dispatcher
-   inside the service and in a ``riskguard worker`` process. The ratio judged is *sustained*
+   ``bench/http.py --after-decision --after-only --after-paired --after-modes worker``
+   (PostgreSQL + Redis, 1 service worker, ``--api-rounds`` rounds of 20 s, 32 connections;
+   skipped with ``--no-decision-api``) and reports its comparison: the service with
+   ``RISKGUARD_OUTBOX`` and ``RISKGUARD_AUDIT`` off, and on with the dispatcher in a
+   ``riskguard worker`` process (the production layout), both servers up side by side and
+   their runs back to back in ABBA order, so that each pair is measured seconds apart on a
+   machine whose speed drifts over minutes. The ratio judged is *sustained*
    decisions/s (answers over the run plus the time the dispatcher then needed to finish the
    alerts, audit records and stream events of the run) over decisions/s with them off, per
    round, median. Target: >= 0.8. The events are bench/http.py's ``--after-workload``
@@ -301,11 +304,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the decision API run (bench/http.py --after-decision)",
     )
-    parser.add_argument("--api-rounds", type=int, default=3, help="rounds of that run (3)")
+    parser.add_argument(
+        "--api-rounds", type=int, default=None, help="rounds of that run (10, ~45 s each; quick: 2)"
+    )
     args = parser.parse_args(argv)
     args.records = args.records or (50_000 if args.quick else 1_000_000)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.seconds = args.seconds or (1.0 if args.quick else 3.0)
+    args.api_rounds = args.api_rounds or (2 if args.quick else 10)
     return args
 
 
@@ -478,6 +484,12 @@ def decision_api_ratio(rounds: int) -> dict[str, Any] | None:
             "0",
             "--no-access-log-round",
             "--after-decision",
+            "--after-only",
+            "--after-paired",
+            "--after-modes",
+            "worker",
+            "--duration",
+            "20",
             "--rounds",
             str(rounds),
             "--json",
