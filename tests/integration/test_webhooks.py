@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -616,6 +616,47 @@ class SlowSink:
 
     async def close(self) -> None:
         return None
+
+
+class PacedSink:
+    """A stream that takes ``seconds`` (waiting, not computing) for every batch and notes
+    when each batch came."""
+
+    name = "paced"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls: list[float] = []
+
+    async def publish(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self.calls.append(time.monotonic())
+        await asyncio.sleep(self.seconds)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_while_messages_keep_coming_a_claim_starts_every_poll_interval(db: Db) -> None:
+    """Messages arrive all the time and a batch takes 0.3 s to publish: the dispatcher claims
+    every 0.5 s (its poll interval), not every 0.8 s (the interval after each batch), so a
+    message waits at most the interval plus one batch, however long batches take."""
+    config = replace(FAST, poll_interval_s=0.5)
+
+    async def scenario() -> list[float]:
+        sink = PacedSink(0.3)
+        store = WebhookStore.from_url(db.url)
+        dispatcher = Dispatcher(store, SecretBox(b"k" * 32), config=config, publishers=[sink])
+        async with running(dispatcher):
+            for _ in range(40):  # 4 s of traffic
+                await put(db.url, [decision_message(record(db.tenant_id, "allow"))])
+                await asyncio.sleep(0.1)
+        await store.close()
+        return sink.calls
+
+    calls = asyncio.run(scenario())
+    gaps = sorted(b - a for a, b in itertools.pairwise(calls))
+    assert len(gaps) >= 4, calls
+    assert gaps[len(gaps) // 2] < 0.7, gaps  # 0.5 s apart; 0.8 s with the batch time added
 
 
 def test_a_sink_too_slow_for_the_batch_gets_smaller_batches_and_everything_through(

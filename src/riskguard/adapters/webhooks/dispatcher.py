@@ -236,6 +236,7 @@ class Dispatcher:
         next_prune = time.monotonic()
         while not self._stopping:
             claimed, limit = 0, self._batch
+            began = time.monotonic()
             try:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + self.config.prune_every_s
@@ -249,8 +250,14 @@ class Dispatcher:
                 # violate their foreign key): nothing was written, the lease runs out and
                 # the batch is fanned out again
                 log.error("fan_out_failed", error_type=type(exc).__name__)
-            if claimed < limit:
+            if claimed == 0:  # idle (or the store is down): a whole interval
                 await self._pause(self._messages_due, self.config.poll_interval_s)
+            elif claimed < limit:
+                # while messages keep coming, a claim starts every interval: the batch's own
+                # time is not added to each message's wait
+                wait = self.config.poll_interval_s - (time.monotonic() - began)
+                if wait > 0:
+                    await self._pause(self._messages_due, wait)
 
     async def dispatch_messages(self) -> int:
         """Fan out one batch of due messages; how many were claimed."""
