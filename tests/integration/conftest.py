@@ -93,9 +93,22 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_prefix() -> str:
-    """A key prefix unique to this test session."""
-    return f"rgtest{uuid.uuid4().hex[:8]}"
+def redis_prefix() -> Iterator[str]:
+    """A key prefix unique to this test session; its keys (servers' state, event streams,
+    rate limits: everything the session wrote under it) are deleted at the end."""
+    prefix = f"rgtest{uuid.uuid4().hex[:8]}"
+    yield prefix
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    except redis.RedisError:
+        pass  # Redis went away: the tests that needed it have failed already
+    finally:
+        client.close()
 
 
 @pytest.fixture

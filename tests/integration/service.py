@@ -51,6 +51,8 @@ class Backend:
         )
         if self.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = self.redis_url
+            # the event streams under the server's prefix too, so that they go with its keys
+            env["RISKGUARD_STREAM_PREFIX"] = f"{self.redis_prefix}:"
         env.update(self.extra_env)
         return env
 

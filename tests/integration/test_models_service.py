@@ -94,7 +94,7 @@ def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Ba
         kind,
         request.getfixturevalue("fresh_pg_url"),
         redis_url=request.getfixturevalue("redis_url"),
-        redis_prefix=f"rgm{uuid.uuid4().hex[:8]}",
+        redis_prefix=f"{request.getfixturevalue('redis_prefix')}m{uuid.uuid4().hex[:8]}",
     )
 
 
