@@ -346,6 +346,8 @@ def gateway(
         env.update(
             RISKGUARD_REDIS_URL=request.getfixturevalue("redis_url"),
             RISKGUARD_REDIS_PREFIX=request.getfixturevalue("redis_prefix"),
+            # the event streams under the session's prefix, deleted with its keys
+            RISKGUARD_STREAM_PREFIX=request.getfixturevalue("redis_prefix") + ":",
             RISKGUARD_RATELIMIT_BACKEND="redis",
         )
     env["RISKGUARD_DATABASE_URL"] = database_url
@@ -777,6 +779,7 @@ def test_workers_share_the_port_and_sigterm_records_every_decision(
         "RISKGUARD_DATABASE_URL": fresh_pg_url,
         "RISKGUARD_REDIS_URL": redis_url,
         "RISKGUARD_REDIS_PREFIX": redis_prefix,
+        "RISKGUARD_STREAM_PREFIX": redis_prefix + ":",
         "RISKGUARD_RATELIMIT_BACKEND": "redis",
     }
     env_all = {k: v for k, v in os.environ.items() if not k.startswith("RISKGUARD_")}
