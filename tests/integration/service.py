@@ -34,6 +34,11 @@ class Backend:
     redis_prefix: str = "rg"
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def stream_prefix(self) -> str:
+        """Where the server's event streams go: under its key prefix."""
+        return f"{self.redis_prefix}:"
+
     def env(self) -> dict[str, str]:
         env = {
             k: v
@@ -52,7 +57,7 @@ class Backend:
         if self.redis_url is not None:
             env["RISKGUARD_REDIS_URL"] = self.redis_url
             # the event streams under the server's prefix too, so that they go with its keys
-            env["RISKGUARD_STREAM_PREFIX"] = f"{self.redis_prefix}:"
+            env["RISKGUARD_STREAM_PREFIX"] = self.stream_prefix
         env.update(self.extra_env)
         return env
 

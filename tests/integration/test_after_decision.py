@@ -45,7 +45,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         request.getfixturevalue("pg_url"),
         redis_url=request.getfixturevalue("redis_url"),
         redis_prefix=prefix,
-        extra_env={"RISKGUARD_STREAM_PREFIX": prefix + ":", **FAST_CHECKPOINTS},
+        extra_env=dict(FAST_CHECKPOINTS),
     )
 
 
@@ -61,11 +61,6 @@ def server(
     log = tmp_path_factory.mktemp("log") / "server.log"
     with Server(backend, free_port(), log_path=log) as srv:
         yield srv
-    if backend.redis_url is not None:
-        client = redis.Redis.from_url(backend.redis_url)
-        for key in client.scan_iter(match=backend.extra_env["RISKGUARD_STREAM_PREFIX"] + "*"):
-            client.delete(key)
-        client.close()
 
 
 def _until(check: Any, timeout: float = 15.0) -> Any:
@@ -143,7 +138,7 @@ def test_a_blocked_decision_opens_an_alert_is_audited_and_published(
 
     if backend.redis_url is not None:
         client = redis.Redis.from_url(backend.redis_url)
-        key = backend.extra_env["RISKGUARD_STREAM_PREFIX"] + "riskguard.decisions"
+        key = backend.stream_prefix + "riskguard.decisions"
 
         def published() -> dict[str, Any] | None:
             for _id, fields in client.xrange(key):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
@@ -43,21 +43,9 @@ def run(coro: Awaitable[T]) -> T:
 
 
 @pytest.fixture(scope="module")
-def prefix(redis_url: str, redis_prefix: str) -> Iterator[str]:
-    """A key prefix of this module's own (its keys are deleted at the end)."""
-    mine = f"{redis_prefix}.rl"
-    yield mine
-
-    async def clean() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{mine}*", count=1000)]
-            for i in range(0, len(keys), 500):
-                await client.delete(*keys[i : i + 500])
-        finally:
-            await client.aclose()
-
-    asyncio.run(clean())
+def prefix(redis_prefix: str) -> str:
+    """A key prefix of this module's own (deleted with the session's: conftest)."""
+    return f"{redis_prefix}.rl"
 
 
 def redis_limiter(url: str, prefix: str, script: GcraScript = GCRA_SCRIPT) -> RedisRateLimiter:

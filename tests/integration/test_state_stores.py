@@ -55,21 +55,9 @@ def run(coro: Awaitable[T]) -> T:
 
 
 @pytest.fixture(scope="module")
-def prefix(redis_url: str, redis_prefix: str) -> Iterator[str]:
-    """A key prefix of this module's own (deleted at the end)."""
-    mine = f"{redis_prefix}.ss"
-    yield mine
-
-    async def clean() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{mine}:*", count=1000)]
-            for i in range(0, len(keys), 500):
-                await client.delete(*keys[i : i + 500])
-        finally:
-            await client.aclose()
-
-    asyncio.run(clean())
+def prefix(redis_prefix: str) -> str:
+    """A key prefix of this module's own (deleted with the session's: conftest)."""
+    return f"{redis_prefix}.ss"
 
 
 def tenant() -> str:
