@@ -29,6 +29,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from riskguard.adapters.sql import migrate
+from riskguard.adapters.sql import outbox as ob
 from riskguard.adapters.sql import store as store_module
 from riskguard.adapters.sql.engines import make_engine
 from riskguard.adapters.sql.store import SqlDecisionStore, decode_cursor, encode_cursor
@@ -371,6 +372,59 @@ def test_outbox_messages_are_written_with_exactly_the_decisions_inserted(url: st
         raw_rows(url, "SELECT count(*) FROM decisions WHERE tenant_id = 't_out'")
     )
     assert decisions == [(9,)]
+
+
+def test_the_stored_decision_message_is_decision_messages(url: str) -> None:
+    """Each dialect stores exactly :func:`outbox.decision_message` of a decision — id,
+    subject, payload and time — though on PostgreSQL the insert statement builds it from the
+    inserted row: times with and without microseconds, scores integral or not, absent
+    entity and model, text that JSON must escape."""
+    records = [
+        make_record("t_msg"),
+        make_record(
+            "t_msg",
+            at=datetime(2025, 3, 1, 12, 0, 0, 120034, tzinfo=UTC),
+            score=1.0,
+            entity=None,
+            model_version=None,
+            degraded=True,
+            outcome="block",
+            reasons=[{"code": "SANCTIONS", "detail": {"list": "OFAC", "hits": [1, 2.5]}}],
+            explanation='Blocked: "Zoë" \\ matched\nthe list \u2028 ✓',
+        ),
+        make_record("t_msg", score=0.1 + 0.2, decision_id="d-not-dec-form"),
+    ]
+
+    async def work(store: SqlDecisionStore) -> list[bool]:
+        return list(await asyncio.gather(*(store.record(r) for r in records)))
+
+    assert run(work, url, outbox=True) == [True] * 3
+    rows = asyncio.run(
+        raw_rows(
+            url,
+            "SELECT id, tenant_id, topic, subject, payload, created_at FROM outbox_messages "
+            "WHERE tenant_id = 't_msg' ORDER BY subject",
+        )
+    )
+    stored = {
+        row[3]: (
+            row[0],
+            row[1],
+            row[2],
+            orjson.loads(row[4]) if isinstance(row[4], str) else row[4],
+            row[5] if isinstance(row[5], datetime) else datetime.fromisoformat(row[5]),
+        )
+        for row in rows
+    }
+    assert len(stored) == 3
+    for record in records:
+        expected = ob.decision_message(record)
+        message_id, tenant_id, topic, payload, created_at = stored[record.decision_id]
+        assert (message_id, tenant_id, topic) == (expected.id, "t_msg", "decision.created")
+        assert payload == expected.payload  # 1 == 1.0: an integral score may read back as 1
+        assert created_at.replace(tzinfo=UTC) == record.received_at
+    assert stored[records[0].decision_id][0] == "evt_" + records[0].decision_id[4:]
+    assert stored["d-not-dec-form"][0] == "evt_d-not-dec-form"
 
 
 def test_pg_batch_committed_before_the_connection_was_lost_is_ours(

@@ -48,7 +48,6 @@ from riskguard.adapters.sql.outbox import (
     enqueue_sqlite,
     outbox_messages,
     pg_insert_with_outbox,
-    pg_outbox_params,
     webhook_deliveries,
 )
 from riskguard.adapters.sql.store import SqlDecisionStore
@@ -386,7 +385,7 @@ def test_raw_driver_entry_points_share_the_decision_insert_transaction(db: Db) -
                 f"{', '.join(DECISION_COLUMNS)} FROM unnest($1::{DECISION_ROW_TYPE}[]) "
                 "ON CONFLICT DO NOTHING"
             )
-            statement = pg_insert_with_outbox(insert, first_param=2)
+            statement = pg_insert_with_outbox(insert)
 
             def row(r: DecisionRecord) -> tuple[Any, ...]:
                 values = []
@@ -397,13 +396,9 @@ def test_raw_driver_entry_points_share_the_decision_insert_transaction(db: Db) -
 
             # third is new; a copy of third with another decision id repeats its event id
             duplicate = replace(third, decision_id="dec_" + uuid.uuid4().hex[:26].upper())
-            inserted = await conn.fetch(
-                statement, [row(third)], *pg_outbox_params([decision_message(third)])
-            )
+            inserted = await conn.fetch(statement, [row(third)])
             assert [tuple(r) for r in inserted] == [(db.tenant_id, third.event_id)]
-            again = await conn.fetch(
-                statement, [row(duplicate)], *pg_outbox_params([decision_message(duplicate)])
-            )
+            again = await conn.fetch(statement, [row(duplicate)])
             assert again == []  # the event id exists: no decision, so no message either
         finally:
             await conn.close()

@@ -31,7 +31,9 @@ store talks to its database: :func:`enqueue` (a SQLAlchemy ``AsyncConnection``),
 :func:`enqueue_sqlite` (the group committer's raw ``sqlite3`` connection, inside its
 ``BEGIN IMMEDIATE``), :func:`enqueue_pg` (a raw asyncpg connection, inside the caller's
 transaction) and :func:`pg_insert_with_outbox`, which folds the outbox insert into the
-decision ``INSERT`` itself so an autocommitted batch stays one statement and one round trip.
+decision ``INSERT`` itself so an autocommitted batch stays one statement and one round trip —
+and has the server build each ``decision.created`` message from the row it inserted, so the
+service spends nothing of its own on it.
 """
 
 from __future__ import annotations
@@ -241,14 +243,24 @@ def decision_payload(record: DecisionRecord) -> dict[str, Any]:
     }
 
 
+def decision_message_id(decision_id: str) -> str:
+    """The id of a decision's ``decision.created`` message: ``evt_`` and the decision id's
+    own 26 time-ordered characters. A decision is stored once, so its message id is unique
+    among decision messages; derived, it costs nothing to make (on PostgreSQL the insert
+    computes it, :func:`pg_insert_with_outbox`) and a consumer can tell from an event which
+    decision it is about. An id not in the ``dec_`` form keeps all of it after ``evt_``."""
+    return "evt_" + (decision_id[4:] if decision_id.startswith("dec_") else decision_id)
+
+
 def decision_message(record: DecisionRecord) -> OutboxMessage:
     """The ``decision.created`` message of a decision about to be stored."""
-    return OutboxMessage.new(
+    return OutboxMessage(
+        decision_message_id(record.decision_id),
         record.tenant_id,
         DECISION_CREATED,
         record.decision_id,
         decision_payload(record),
-        now=record.received_at,
+        _utc(record.received_at),
     )
 
 
@@ -307,19 +319,12 @@ def enqueue_sqlite(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) 
 
 # One array per column (unnest zips them): text for the JSON too, cast on the server, so the
 # statement works whatever json codec the connection has.
-_PG_SELECT = (
-    "SELECT m.id, m.tenant_id, m.topic, m.subject, m.payload::json, m.created_at, 0, "
-    "m.created_at, '' FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::text[], "
-    "${4}::text[], ${5}::timestamptz[]) AS m(id, tenant_id, topic, subject, payload, created_at)"
-)
 _PG_COLUMNS = f"INSERT INTO outbox_messages ({', '.join(OUTBOX_COLUMNS)}) "
-
-
-def _pg_select(first_param: int) -> str:
-    return _PG_SELECT.format(*range(first_param, first_param + 6))
-
-
-_PG_INSERT = _PG_COLUMNS + _pg_select(1)
+_PG_INSERT = _PG_COLUMNS + (
+    "SELECT m.id, m.tenant_id, m.topic, m.subject, m.payload::json, m.created_at, 0, "
+    "m.created_at, '' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+    "$5::text[], $6::timestamptz[]) AS m(id, tenant_id, topic, subject, payload, created_at)"
+)
 
 
 def pg_outbox_params(messages: Sequence[OutboxMessage]) -> list[list[Any]]:
@@ -342,19 +347,53 @@ async def enqueue_pg(conn: Any, messages: Sequence[OutboxMessage]) -> None:
         await conn.execute(_PG_INSERT, *pg_outbox_params(messages))
 
 
-def pg_insert_with_outbox(decision_insert: str, *, first_param: int) -> str:
-    """One statement: ``decision_insert`` plus the outbox rows of the decisions it inserted.
+def _pg_iso(column: str) -> str:
+    """SQL for ``column`` (timestamptz) as :func:`_iso` writes it: UTC, ``Z``, microseconds
+    only when there are any (as Python's ``isoformat`` does)."""
+    day = 'YYYY-MM-DD"T"HH24:MI:SS'
+    return (
+        f"CASE WHEN date_part('microseconds', {column})::bigint % 1000000 = 0 "
+        f"THEN to_char({column} AT TIME ZONE 'UTC', '{day}\"Z\"') "
+        f"ELSE to_char({column} AT TIME ZONE 'UTC', '{day}.US\"Z\"') END"
+    )
+
+
+# decision_payload, written by the server from the row it has just inserted
+_PG_DECISION_PAYLOAD = (
+    "json_build_object('decision_id', d.decision_id, 'event_id', d.event_id, "
+    "'type', d.event_type, 'entity', d.entity, 'outcome', d.outcome, 'score', d.score, "
+    "'reasons', d.reasons, 'explanation', d.explanation, "
+    "'ruleset_version', d.ruleset_version, 'model_version', d.model_version, "
+    f"'degraded', d.degraded, 'occurred_at', {_pg_iso('d.occurred_at')}, "
+    f"'received_at', {_pg_iso('d.received_at')})"
+)
+_PG_DECISION_MESSAGE_ID = (
+    "'evt_' || CASE WHEN left(d.decision_id, 4) = 'dec_' THEN substr(d.decision_id, 5) "
+    "ELSE d.decision_id END"
+)
+
+
+def pg_insert_with_outbox(decision_insert: str) -> str:
+    """One statement: ``decision_insert`` plus the ``decision.created`` message of every
+    decision it inserted, made by the server from the inserted rows.
 
     ``decision_insert`` is an ``INSERT INTO decisions ...`` without ``RETURNING`` (it may end
-    in ``ON CONFLICT DO NOTHING``); the outbox arrays of :func:`pg_outbox_params` are bound from
-    ``$first_param`` on. A message is written only if the decision whose id is its ``subject``
-    was inserted by this statement, so a duplicate event id that the insert skips gets no
-    message, and the whole statement is one transaction even in autocommit. It returns
-    ``(tenant_id, event_id)`` of every decision inserted.
+    in ``ON CONFLICT DO NOTHING``). A decision the insert skips (a duplicate event id) gets no
+    message, and the whole statement is one transaction even in autocommit. The messages are
+    :func:`decision_message`'s — id (:func:`decision_message_id`), payload
+    (:func:`decision_payload`; a float score that is integral comes back as an integer, the
+    same JSON number) and time — built in SQL, so the service's group commit sends no outbox
+    parameters at all: the decision rows are the whole batch. It returns ``(tenant_id,
+    event_id)`` of every decision inserted.
     """
+    returning = (
+        "decision_id, tenant_id, event_id, event_type, entity, outcome, score, reasons, "
+        "explanation, ruleset_version, model_version, degraded, occurred_at, received_at"
+    )
     return (
-        f"WITH d AS ({decision_insert} RETURNING decision_id, tenant_id, event_id), "
-        f"o AS ({_PG_COLUMNS}SELECT m.* FROM ({_pg_select(first_param)}) AS m "
-        "JOIN d ON d.decision_id = m.subject) "
+        f"WITH d AS ({decision_insert} RETURNING {returning}), "
+        f"o AS ({_PG_COLUMNS}SELECT {_PG_DECISION_MESSAGE_ID}, d.tenant_id, "
+        f"'{DECISION_CREATED}', d.decision_id, {_PG_DECISION_PAYLOAD}, d.received_at, 0, "
+        "d.received_at, '' FROM d) "
         "SELECT tenant_id, event_id FROM d"
     )

@@ -95,10 +95,8 @@ _PG_INSERT = (
 _PG_INSERT_ABSENT = _PG_INSERT + " ON CONFLICT DO NOTHING RETURNING tenant_id, event_id"
 # With the outbox on, one statement inserts the batch and the outbox rows of exactly the
 # decisions it inserted (adapters/sql/outbox.py): still one round trip per group commit.
-_PG_INSERT_OUTBOX = ob.pg_insert_with_outbox(_PG_INSERT, first_param=2)
-_PG_INSERT_OUTBOX_ABSENT = ob.pg_insert_with_outbox(
-    _PG_INSERT + " ON CONFLICT DO NOTHING", first_param=2
-)
+_PG_INSERT_OUTBOX = ob.pg_insert_with_outbox(_PG_INSERT)
+_PG_INSERT_OUTBOX_ABSENT = ob.pg_insert_with_outbox(_PG_INSERT + " ON CONFLICT DO NOTHING")
 _SQLITE_INSERT = (
     f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT DO NOTHING"
@@ -246,8 +244,9 @@ class _PgWriter:
     stored decision id is ours (:meth:`_ours_pg`).
     """
 
-    def __init__(self, connect_kwargs: dict[str, Any]) -> None:
+    def __init__(self, connect_kwargs: dict[str, Any], *, outbox: bool) -> None:
         self._connect_kwargs = connect_kwargs
+        self._outbox = outbox  # the statement writes each decision's outbox message too
         self._conn: Any = None  # asyncpg.Connection
 
     async def _connection(self) -> Any:
@@ -288,20 +287,13 @@ class _PgWriter:
         return inserted
 
     async def _insert(self, conn: Any, items: Sequence[_Pending], rows: list[Any]) -> set[Key]:
-        messages = [item.message for item in items if item.message is not None]
         try:
-            if messages:
-                await conn.execute(_PG_INSERT_OUTBOX, rows, *ob.pg_outbox_params(messages))
-            else:
-                await conn.execute(_PG_INSERT, rows)
+            await conn.execute(_PG_INSERT_OUTBOX if self._outbox else _PG_INSERT, rows)
         except asyncpg.UniqueViolationError:
             # a key is stored already (a repeated event, another replica, a retry): the
             # statement wrote nothing; again, skipping what exists
-            if messages:
-                return _keys(
-                    await conn.fetch(_PG_INSERT_OUTBOX_ABSENT, rows, *ob.pg_outbox_params(messages))
-                )
-            return _keys(await conn.fetch(_PG_INSERT_ABSENT, rows))
+            absent = _PG_INSERT_OUTBOX_ABSENT if self._outbox else _PG_INSERT_ABSENT
+            return _keys(await conn.fetch(absent, rows))
         return {item.key for item in items}
 
     async def _ours_pg(self, conn: Any, items: Sequence[_Pending]) -> set[Key]:
@@ -390,7 +382,7 @@ class SqlDecisionStore:
         elif path is not None:
             self._sqlite_writer = _SqliteFileWriter(path)
         else:
-            self._pg_writer = _PgWriter(asyncpg_connect_kwargs(engine))
+            self._pg_writer = _PgWriter(asyncpg_connect_kwargs(engine), outbox=self.outbox)
         self._engine, self._writer_engine = engine, writer_engine
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="riskguard-group-commit")
@@ -479,7 +471,10 @@ class SqlDecisionStore:
             await self._ready()
         row = self._row(record)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        message = ob.decision_message(record) if self.outbox else None
+        # PostgreSQL: the insert statement makes the message from the row (outbox.py)
+        message = (
+            ob.decision_message(record) if self.outbox and self.dialect != "postgresql" else None
+        )
         self._pending.append(
             _Pending((record.tenant_id, record.event_id), record.decision_id, row, future, message)
         )
