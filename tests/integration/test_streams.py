@@ -260,3 +260,46 @@ def test_a_batch_larger_than_one_script_call_is_published_whole_and_in_order(
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
+    """The publisher calls its script by digest; a server without it (restarted, or its
+    script cache flushed) answers NOSCRIPT, and the call is made again with the script's text:
+    nothing is lost and nothing fails."""
+    from riskguard.adapters.streams.cloudevents import to_cloudevent
+    from riskguard.adapters.webhooks.models import ClaimedMessage
+
+    def events(first: int) -> list[Any]:
+        return [
+            to_cloudevent(
+                ClaimedMessage(
+                    f"evt_{i:05d}",
+                    "t_acme",
+                    "decision.created",
+                    f"dec_{i}",
+                    {"decision_id": f"dec_{i}"},
+                    datetime.now(UTC),
+                    1,
+                    frozenset(),
+                )
+            )
+            for i in range(first, first + 3)
+        ]
+
+    async def scenario() -> None:
+        key_prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        publisher = RedisStreamPublisher(redis_url, key_prefix=key_prefix)
+        client = aioredis.Redis.from_url(redis_url)
+        key = key_prefix + "riskguard.decisions"
+        try:
+            await publisher.publish(events(0))
+            await client.script_flush()
+            await publisher.publish(events(3))
+            got = await read_stream(client, key)
+            assert [e["id"] for e in got] == [f"evt_{i:05d}" for i in range(6)]
+        finally:
+            await publisher.close()
+            await client.delete(key)
+            await client.aclose()
+
+    asyncio.run(scenario())
