@@ -111,7 +111,6 @@ audit_checkpoints = Table(
 # pg_advisory_xact_lock key of the audit log's writers: "riskgaud" as a signed 64-bit integer
 ADVISORY_LOCK_KEY = int.from_bytes(b"riskgaud", "big", signed=True)
 READ_CHUNK = 10_000
-_RECORD_COLUMNS = "seq, at, tenant_id, actor, action, body, prev_hash, hash"
 # the verifier's rows: `at` already in the canonical text form (see chain.record_bytes)
 _SQLITE_ROWS = (
     "SELECT seq, replace(at, ' ', 'T') || 'Z', tenant_id, actor, action, body, prev_hash, hash "
@@ -121,10 +120,8 @@ _PG_ROWS = (
     "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
     "tenant_id, actor, action, body, prev_hash, hash FROM audit_log ORDER BY seq"
 )
-_PG_INSERT = (
-    f"INSERT INTO audit_log ({_RECORD_COLUMNS}) SELECT * FROM unnest($1::bigint[], "
-    "$2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
-)
+# the columns in AuditRecord's order: its tuples are the COPY's rows as they are
+_COPY_COLUMNS = AuditRecord._fields
 _CHECKPOINT_ROWS = "SELECT tree_size, root_hash, note FROM audit_checkpoints ORDER BY tree_size"
 
 
@@ -372,19 +369,11 @@ class SqlAuditLog:
         now = self._clock()
         records, state = state.extend(entries, now)
         if records and self.dialect == "postgresql":
-            # one statement over column arrays, not SQLAlchemy's per-row executemany
+            # a binary COPY of the records themselves: about half the client CPU of one
+            # INSERT over eight column arrays (asyncpg checks every array element's type), and
+            # far below SQLAlchemy's per-row executemany
             raw: Any = (await conn.get_raw_connection()).driver_connection
-            await raw.execute(
-                _PG_INSERT,
-                [r.seq for r in records],
-                [r.at for r in records],
-                [r.tenant_id for r in records],
-                [r.actor for r in records],
-                [r.action for r in records],
-                [r.body for r in records],
-                [r.prev_hash for r in records],
-                [r.hash for r in records],
-            )
+            await raw.copy_records_to_table("audit_log", records=records, columns=_COPY_COLUMNS)
         elif records:
             await conn.execute(
                 audit_log.insert(),
