@@ -81,7 +81,7 @@ class RedisStreamPublisher:
         packing of a call's ~1,000 arguments cost the dispatcher more than the rest of the
         publish (an isinstance chain and a copy of the growing buffer per argument)."""
         command = ["EVALSHA", self._sha, 1, key, self.maxlen, *args]
-        pool = self._client.connection_pool
+        pool: Any = self._client.connection_pool  # redis-py leaves get_connection untyped
         conn = await pool.get_connection()
         try:
             try:
