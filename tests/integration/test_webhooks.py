@@ -1305,6 +1305,42 @@ def test_the_webhooks_api(api: Api, db: Db, receiver: Receiver) -> None:
     assert "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver" in schema["paths"]
 
 
+def test_pruning_finds_dispatched_messages_through_their_partial_index(db: Db) -> None:
+    """``ix_outbox_messages_dispatched`` holds dispatched messages only (migration 0006: a
+    message being inserted, never dispatched yet, costs no entry); the pruning query's
+    ``dispatched_at < cutoff`` still reaches its rows through it, on both databases."""
+    query = "SELECT id FROM outbox_messages WHERE dispatched_at < '2100-01-01'"
+
+    async def plan() -> tuple[str, str]:
+        engine = make_engine(db.url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                if db.dialect == "sqlite":
+                    rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query)).all()
+                    indexes = (
+                        await conn.exec_driver_sql(
+                            "SELECT sql FROM sqlite_master "
+                            "WHERE name = 'ix_outbox_messages_dispatched'"
+                        )
+                    ).all()
+                    return " ".join(str(r[-1]) for r in rows), str(indexes[0][0])
+                await conn.exec_driver_sql("SET enable_seqscan = off")
+                rows = (await conn.exec_driver_sql("EXPLAIN " + query)).all()
+                indexes = (
+                    await conn.exec_driver_sql(
+                        "SELECT indexdef FROM pg_indexes "
+                        "WHERE indexname = 'ix_outbox_messages_dispatched'"
+                    )
+                ).all()
+                return " ".join(str(r[0]) for r in rows), str(indexes[0][0])
+        finally:
+            await engine.dispose()
+
+    used, definition = asyncio.run(plan())
+    assert "ix_outbox_messages_dispatched" in used
+    assert "dispatched_at IS NOT NULL" in definition
+
+
 def test_pruning_drops_old_dispatched_messages_but_not_pending_work(db: Db) -> None:
     async def scenario() -> None:
         service = service_for(db.url)

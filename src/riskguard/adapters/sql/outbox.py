@@ -72,6 +72,7 @@ TOPICS: tuple[str, ...] = (DECISION_CREATED, ALERT_OPENED, ALERT_UPDATED)
 # the predicate of the partial index the dispatcher's claim reads
 UNDISPATCHED_WHERE = "dispatched_at IS NULL"
 PENDING_WHERE = "state = 'pending'"
+DISPATCHED_WHERE = "dispatched_at IS NOT NULL"
 
 outbox_messages = Table(
     "outbox_messages",
@@ -95,7 +96,14 @@ Index(
     postgresql_where=text(UNDISPATCHED_WHERE),
     sqlite_where=text(UNDISPATCHED_WHERE),
 )
-Index("ix_outbox_messages_dispatched", outbox_messages.c.dispatched_at)
+# pruning reads dispatched messages only; undispatched ones (every message, as it is inserted)
+# get no entry (migration 0006)
+Index(
+    "ix_outbox_messages_dispatched",
+    outbox_messages.c.dispatched_at,
+    postgresql_where=text(DISPATCHED_WHERE),
+    sqlite_where=text(DISPATCHED_WHERE),
+)
 
 webhook_subscriptions = Table(
     "webhook_subscriptions",
