@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -219,45 +219,64 @@ def test_a_failing_stream_is_retried_without_repeating_the_others(
     asyncio.run(scenario())
 
 
+def claimed_events(indexes: range, payload: Callable[[int], dict[str, Any]]) -> list[Any]:
+    """Events of ``decision.created`` messages as a claim hands them over (each with its
+    payload's JSON text): ids ``evt_00000``, ``evt_00001``, ..."""
+    from riskguard.adapters.streams.cloudevents import to_cloudevent
+    from riskguard.adapters.webhooks.models import ClaimedMessage
+
+    events = []
+    for i in indexes:
+        data = payload(i)
+        message = ClaimedMessage(
+            f"evt_{i:05d}",
+            "t_acme",
+            "decision.created",
+            f"dec_{i}",
+            data,
+            datetime.now(UTC),
+            1,
+            frozenset(),
+        )
+        events.append(to_cloudevent(message, payload_json=orjson.dumps(data).decode()))
+    return events
+
+
+@asynccontextmanager
+async def decision_stream(redis_url: str) -> AsyncIterator[tuple[Any, aioredis.Redis, str]]:
+    """A publisher under a key prefix of its own, a client and the decisions stream's key;
+    the stream is deleted afterwards."""
+    key_prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    publisher = RedisStreamPublisher(redis_url, key_prefix=key_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    key = key_prefix + "riskguard.decisions"
+    try:
+        yield publisher, client, key
+    finally:
+        await publisher.close()
+        await client.delete(key)
+        await client.aclose()
+
+
 def test_a_batch_larger_than_one_script_call_is_published_whole_and_in_order(
     redis_url: str,
 ) -> None:
     """More events than ``EVENTS_PER_CALL`` go out in several script calls: every one of them,
     once, in the batch's order, with its JSON as the event says."""
     from riskguard.adapters.streams import redis_streams
-    from riskguard.adapters.streams.cloudevents import to_cloudevent
-    from riskguard.adapters.webhooks.models import ClaimedMessage
 
     count = 2 * redis_streams.EVENTS_PER_CALL + 7
-    events = []
-    for i in range(count):
-        payload = {"decision_id": f"dec_{i}", "outcome": "allow", "score": i / 3}
-        message = ClaimedMessage(
-            f"evt_{i:05d}",
-            "t_acme",
-            "decision.created",
-            f"dec_{i}",
-            payload,
-            datetime.now(UTC),
-            1,
-            frozenset(),
-        )
-        events.append(to_cloudevent(message, payload_json=orjson.dumps(payload).decode()))
+    events = claimed_events(
+        range(count),
+        lambda i: {"decision_id": f"dec_{i}", "outcome": "allow", "score": i / 3},
+    )
 
     async def scenario() -> None:
-        key_prefix = f"test-{uuid.uuid4().hex[:8]}:"
-        publisher = RedisStreamPublisher(redis_url, key_prefix=key_prefix)
-        client = aioredis.Redis.from_url(redis_url)
-        key = key_prefix + "riskguard.decisions"
-        try:
+        async with decision_stream(redis_url) as (publisher, client, key):
             await publisher.publish(events)
             got = await read_stream(client, key)
             assert [e["id"] for e in got] == [e["id"] for e in events]
             assert got == [orjson.loads(orjson.dumps(dict(e))) for e in events]
-        finally:
-            await publisher.close()
-            await client.delete(key)
-            await client.aclose()
 
     asyncio.run(scenario())
 
@@ -266,40 +285,16 @@ def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
     """The publisher calls its script by digest; a server without it (restarted, or its
     script cache flushed) answers NOSCRIPT, and the call is made again with the script's text:
     nothing is lost and nothing fails."""
-    from riskguard.adapters.streams.cloudevents import to_cloudevent
-    from riskguard.adapters.webhooks.models import ClaimedMessage
 
     def events(first: int) -> list[Any]:
-        return [
-            to_cloudevent(
-                ClaimedMessage(
-                    f"evt_{i:05d}",
-                    "t_acme",
-                    "decision.created",
-                    f"dec_{i}",
-                    {"decision_id": f"dec_{i}"},
-                    datetime.now(UTC),
-                    1,
-                    frozenset(),
-                )
-            )
-            for i in range(first, first + 3)
-        ]
+        return claimed_events(range(first, first + 3), lambda i: {"decision_id": f"dec_{i}"})
 
     async def scenario() -> None:
-        key_prefix = f"test-{uuid.uuid4().hex[:8]}:"
-        publisher = RedisStreamPublisher(redis_url, key_prefix=key_prefix)
-        client = aioredis.Redis.from_url(redis_url)
-        key = key_prefix + "riskguard.decisions"
-        try:
+        async with decision_stream(redis_url) as (publisher, client, key):
             await publisher.publish(events(0))
             await client.script_flush()
             await publisher.publish(events(3))
             got = await read_stream(client, key)
             assert [e["id"] for e in got] == [f"evt_{i:05d}" for i in range(6)]
-        finally:
-            await publisher.close()
-            await client.delete(key)
-            await client.aclose()
 
     asyncio.run(scenario())

@@ -1311,28 +1311,26 @@ def test_pruning_finds_dispatched_messages_through_their_partial_index(db: Db) -
     ``dispatched_at < cutoff`` still reaches its rows through it, on both databases."""
     query = "SELECT id FROM outbox_messages WHERE dispatched_at < '2100-01-01'"
 
+    if db.dialect == "sqlite":
+        explain = "EXPLAIN QUERY PLAN " + query
+        definition_sql = (
+            "SELECT sql FROM sqlite_master WHERE name = 'ix_outbox_messages_dispatched'"
+        )
+    else:
+        explain = "EXPLAIN " + query
+        definition_sql = (
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_outbox_messages_dispatched'"
+        )
+
     async def plan() -> tuple[str, str]:
         engine = make_engine(db.url, null_pool=True)
         try:
             async with engine.connect() as conn:
-                if db.dialect == "sqlite":
-                    rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query)).all()
-                    indexes = (
-                        await conn.exec_driver_sql(
-                            "SELECT sql FROM sqlite_master "
-                            "WHERE name = 'ix_outbox_messages_dispatched'"
-                        )
-                    ).all()
-                    return " ".join(str(r[-1]) for r in rows), str(indexes[0][0])
-                await conn.exec_driver_sql("SET enable_seqscan = off")
-                rows = (await conn.exec_driver_sql("EXPLAIN " + query)).all()
-                indexes = (
-                    await conn.exec_driver_sql(
-                        "SELECT indexdef FROM pg_indexes "
-                        "WHERE indexname = 'ix_outbox_messages_dispatched'"
-                    )
-                ).all()
-                return " ".join(str(r[0]) for r in rows), str(indexes[0][0])
+                if db.dialect == "postgresql":
+                    await conn.exec_driver_sql("SET enable_seqscan = off")
+                lines = (await conn.exec_driver_sql(explain)).all()
+                definition = (await conn.exec_driver_sql(definition_sql)).scalar_one()
+                return " ".join(str(line[-1]) for line in lines), str(definition)
         finally:
             await engine.dispose()
 
